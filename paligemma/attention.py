@@ -1,0 +1,86 @@
+"""Grouped-query attention with rotary embeddings: an explicit eager path and a fused SDPA path."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rotary_pos_emb
+
+# SDPA learned to share K/V heads itself (`enable_gqa`) in torch 2.5; before that we repeat them.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, kv_heads, T, d) -> (B, kv_heads * n_rep, T, d): each K/V head copied for the n_rep query heads it serves."""
+    batch, kv_heads, length, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    expanded = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, length, head_dim)
+    return expanded.reshape(batch, kv_heads * n_rep, length, head_dim)
+
+
+def eager_attention(query, key, value, mask, scale):
+    r"""$\mathrm{softmax}(QK^\top \cdot s + M)\,V$ written out; the softmax runs in float32.
+
+    query (B, H, T, d); key, value (B, H, S, d) already repeated to H heads; mask (B, 1, T, S) or None.
+    Returns the output (B, H, T, d) and the attention weights (B, H, T, S).
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale  # (B, H, T, S)
+    if mask is not None:
+        scores = scores + mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value), weights
+
+
+class GemmaAttention(nn.Module):
+    """Multi-head attention where groups of query heads share one key/value head (GQA)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_implementation = config.attn_implementation
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scaling = config.head_dim ** -0.5
+        self.attention_dropout = config.attention_dropout
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.last_attention_weights = None  # filled by the eager path when `keep_attention_weights` is set
+        self.keep_attention_weights = False
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                attention_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        # (B, T, hidden) -> (B, T, heads, d) -> (B, heads, T, d)
+        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if kv_cache is not None:  # key, value: (B, kv_heads, past + T, d), everything seen so far
+            key, value = kv_cache.update(key, value, self.layer_idx)
+
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.attn_implementation == "eager":
+            key, value = repeat_kv(key, self.num_key_value_groups), repeat_kv(value, self.num_key_value_groups)
+            if dropout:
+                raise NotImplementedError("attention dropout is only supported with attn_implementation='sdpa'")
+            output, weights = eager_attention(query, key, value, attention_mask, self.scaling)
+            self.last_attention_weights = weights if self.keep_attention_weights else None
+        else:
+            gqa = {"enable_gqa": self.num_key_value_groups > 1}
+            if not _SDPA_HAS_GQA:
+                key, value = repeat_kv(key, self.num_key_value_groups), repeat_kv(value, self.num_key_value_groups)
+                gqa = {}
+            output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                                    scale=self.scaling, **gqa)
+        output = output.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H*d)
+        return self.o_proj(output)

@@ -1,0 +1,81 @@
+"""The key/value cache: what each layer has already computed, so a new token costs O(1) projections."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per-layer keys and values of every token seen so far, each (B, kv_heads, T, head_dim).
+
+    `update` appends the new tokens and returns the whole history for that layer. Storage is a
+    buffer per layer that doubles when full (amortised O(1) per token, unlike a `torch.cat` of the
+    whole history at every step, which is O(n^2) in total). With `max_length` the buffer is
+    allocated once at that size and never moves; writing past it raises an error.
+    """
+
+    def __init__(self, max_length: int | None = None):
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length <= 0):
+            raise ValueError(f"KVCache max_length must be a positive integer or None, got {max_length!r}")
+        self.max_length = max_length
+        self.key_cache: list[torch.Tensor] = []  # per layer: (B, kv_heads, capacity, head_dim)
+        self.value_cache: list[torch.Tensor] = []
+        self.lengths: list[int] = []  # tokens stored per layer
+
+    def num_items(self) -> int:
+        """Number of tokens stored (the sequence length seen by layer 0), 0 when empty."""
+        return self.lengths[0] if self.lengths else 0
+
+    def __len__(self) -> int:
+        return len(self.key_cache)
+
+    def capacity(self, layer_idx: int = 0) -> int:
+        """Tokens the layer's buffer can hold before it must grow."""
+        return self.key_cache[layer_idx].shape[2]
+
+    def _allocate(self, like: torch.Tensor, capacity: int) -> torch.Tensor:
+        batch, heads, _, head_dim = like.shape
+        return like.new_empty(batch, heads, capacity, head_dim)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, kv_heads, T_new, d) keys/values to layer `layer_idx`; return all of them so far."""
+        if key_states.shape != value_states.shape or key_states.dim() != 4:
+            raise ValueError(f"KVCache.update expects keys and values of the same 4-D shape (B, kv_heads, T, d), "
+                             f"got {tuple(key_states.shape)} and {tuple(value_states.shape)}")
+        if layer_idx > len(self.key_cache) or layer_idx < 0:
+            raise ValueError(f"KVCache.update: layer {layer_idx} written before layer {len(self.key_cache)}; "
+                             "layers must be filled in order")
+        new = key_states.shape[2]
+        if layer_idx == len(self.key_cache):  # first call for this layer
+            capacity = self.max_length if self.max_length is not None else max(new, 16)
+            self._check_room(new, capacity)
+            self.key_cache.append(self._allocate(key_states, capacity))
+            self.value_cache.append(self._allocate(value_states, capacity))
+            self.lengths.append(0)
+        keys, values = self.key_cache[layer_idx], self.value_cache[layer_idx]
+        if keys.shape[0] != key_states.shape[0] or keys.shape[1] != key_states.shape[1] \
+                or keys.shape[3] != key_states.shape[3]:
+            raise ValueError(f"KVCache layer {layer_idx} holds (B, kv_heads, *, d) = {tuple(keys.shape)}; "
+                             f"cannot append {tuple(key_states.shape)}")
+        length = self.lengths[layer_idx]
+        if length + new > keys.shape[2]:
+            self._check_room(length + new, keys.shape[2])
+            capacity = max(2 * keys.shape[2], length + new)  # geometric growth: amortised O(1) per token
+            keys, values = self._grow(keys, length, capacity), self._grow(values, length, capacity)
+            self.key_cache[layer_idx], self.value_cache[layer_idx] = keys, values
+        keys[:, :, length:length + new] = key_states
+        values[:, :, length:length + new] = value_states
+        self.lengths[layer_idx] = length + new
+        return keys[:, :, :length + new], values[:, :, :length + new]
+
+    def _check_room(self, needed: int, capacity: int) -> None:
+        if self.max_length is not None and needed > self.max_length:
+            raise ValueError(f"KVCache is full: {needed} tokens needed but max_length={self.max_length}; "
+                             "create the cache with a larger max_length")
+
+    def _grow(self, buffer: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+        bigger = self._allocate(buffer, capacity)
+        bigger[:, :, :length] = buffer[:, :, :length]
+        return bigger

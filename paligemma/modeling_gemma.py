@@ -1,0 +1,187 @@
+"""The Gemma decoder: MLP, pre-norm decoder layer, the stack, and the causal LM with a tied lm_head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import GemmaAttention
+from .configuration import GemmaConfig
+from .kv_cache import KVCache
+from .masks import additive_mask, allowed_positions
+from .rmsnorm import GemmaRMSNorm
+from .rope import GemmaRotaryEmbedding
+from .weights import CheckpointError, load_checkpoint, save_checkpoint
+
+__all__ = ["GemmaConfig", "KVCache", "GemmaMLP", "GemmaDecoderLayer", "GemmaModel", "GemmaForCausalLM"]
+
+
+class GemmaMLP(nn.Module):
+    r"""Gated feed-forward: $\mathrm{down}(\mathrm{gelu_{tanh}}(\mathrm{gate}(x)) \odot \mathrm{up}(x))$."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class GemmaDecoderLayer(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)): normalise before each block, add the result back."""
+
+    def __init__(self, config: GemmaConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = GemmaAttention(config, layer_idx)
+        self.mlp = GemmaMLP(config)
+        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, kv_cache=None):
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
+                                                       attention_mask, kv_cache)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class GemmaModel(nn.Module):
+    """Token embeddings -> N decoder layers -> final RMSNorm. Returns hidden states (B, T, hidden)."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(GemmaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = GemmaRotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Look up tokens and scale by sqrt(hidden_size), rounded to the weights' dtype (45.25 in bfloat16)."""
+        embeds = self.embed_tokens(input_ids)
+        return embeds * torch.tensor(self.config.embed_scale, dtype=embeds.dtype)
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                kv_cache: KVCache | None = None, bidirectional: torch.Tensor | None = None) -> torch.Tensor:
+        """`inputs_embeds` are used as given (already scaled); `bidirectional` (B, T) marks prefix tokens."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            self._check_input_ids(input_ids)
+            inputs_embeds = self.embed(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        batch, length, _ = inputs_embeds.shape
+        past = kv_cache.num_items() if kv_cache is not None else 0
+        if length == 0:
+            raise ValueError("the input sequence is empty (seq_len 0)")
+        if past + length > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {past + length} tokens ({past} cached + {length} new) is longer than "
+                             f"max_position_embeddings={self.config.max_position_embeddings}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, past + length):
+            raise ValueError(f"attention_mask must cover the cached and new tokens: expected shape "
+                             f"({batch}, {past + length}), got {tuple(attention_mask.shape)}")
+        if bidirectional is not None and tuple(bidirectional.shape) != (batch, length):
+            raise ValueError(f"bidirectional must have shape ({batch}, {length}), got {tuple(bidirectional.shape)}")
+        position_ids = self._position_ids(position_ids, attention_mask, batch, past, length, inputs_embeds.device)
+
+        mask = None  # one decode step with no padding may attend to everything: no mask at all
+        if attention_mask is not None or bidirectional is not None or length > 1:
+            allowed = allowed_positions(length, past, attention_mask, bidirectional, batch, inputs_embeds.device)
+            mask = additive_mask(allowed, inputs_embeds.dtype)  # (B, 1, T, past + T)
+
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)  # cos, sin: (B, T, head_dim)
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, mask, kv_cache)
+        return self.norm(hidden_states)
+
+    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}"
+                             + ("; add a batch axis with input_ids[None]" if input_ids.dim() == 1 else ""))
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got values from "
+                             f"{int(input_ids.min())} to {int(input_ids.max())}")
+
+    @staticmethod
+    def _position_ids(position_ids, attention_mask, batch, past, length, device):
+        """Default positions count real tokens only, so left padding does not shift them."""
+        if position_ids is not None:
+            if position_ids.dim() != 2 or position_ids.shape[-1] != length or position_ids.shape[0] not in (1, batch):
+                raise ValueError(f"position_ids must have shape ({batch}, {length}), got {tuple(position_ids.shape)}")
+            return position_ids
+        if attention_mask is None:
+            return torch.arange(past, past + length, device=device)[None]  # (1, T)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
+
+
+class GemmaForCausalLM(nn.Module):
+    """GemmaModel + lm_head tied to the embedding table: hidden states -> next-token logits."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.config = config
+        self.model = GemmaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                kv_cache: KVCache | None = None, logits_to_keep: int = 0) -> dict:
+        """Returns {"logits": (B, T, vocab), "kv_cache": the cache}; `logits_to_keep=n` keeps the last n only."""
+        hidden = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                            position_ids=position_ids, kv_cache=kv_cache)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return {"logits": self.lm_head(hidden), "kv_cache": kv_cache}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None, attn_implementation: str | None = None):
+        """Load a Hugging Face Gemma checkpoint folder (config.json + safetensors), e.g. google/gemma-2b."""
+        config = GemmaConfig.from_pretrained(path)
+        if attn_implementation is not None:
+            config.attn_implementation = attn_implementation
+            config.__post_init__()
+        with torch.device("meta"):
+            model = cls(config)
+        load_checkpoint(model, path, rename=lambda key: key, optional={"lm_head.weight"}, dtype=dtype, device=device)
+        return model._finish_loading()
+
+    def _finish_loading(self):
+        lm_head, embed = self.lm_head.weight, self.model.embed_tokens.weight
+        if lm_head is not embed and lm_head.device.type != "meta" and not torch.equal(lm_head, embed):
+            raise CheckpointError("lm_head.weight differs from model.embed_tokens.weight, "
+                                  "but Gemma ties them (tie_word_embeddings=True)")
+        self.tie_weights()
+        for module in self.modules():
+            if isinstance(module, GemmaRotaryEmbedding):
+                module.reset_parameters(device=embed.device)
+        return self.eval()
+
+    def save_pretrained(self, path: str | Path, max_shard_size: int | None = None) -> None:
+        """Write config.json + model.safetensors (sharded above `max_shard_size` bytes) for transformers too."""
+        state = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}  # tied: stored once
+        config = self.config.to_hf_dict()
+        config["dtype"] = str(self.model.embed_tokens.weight.dtype).removeprefix("torch.")
+        save_checkpoint(state, config, path, max_shard_size)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Gemma's initialisation: N(0, 0.02) for linear layers and embeddings, zeros for biases and norm weights."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, GemmaRMSNorm):
+        nn.init.zeros_(module.weight)
