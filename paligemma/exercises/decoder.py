@@ -1,0 +1,3 @@
+"""Checkers for the decoder notebook's exercises."""
+
+__all__: list[str] = []

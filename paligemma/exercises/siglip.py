@@ -1,0 +1,3 @@
+"""Checkers for the siglip notebook's exercises."""
+
+__all__: list[str] = []
