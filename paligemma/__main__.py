@@ -1,13 +1,21 @@
-"""Command line: `python -m paligemma` shows the decoder's architecture and runs a tiny random forward pass."""
+"""Command line.
+
+  python -m paligemma                      the decoder's architecture and a tiny random forward pass
+  python -m paligemma generate --model DIR --image PATH --prompt "caption en"
+                                           caption / answer / detect with a checkpoint folder, streamed
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from . import GemmaConfig, GemmaForCausalLM, KVCache
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def demo(_: argparse.Namespace) -> int:
@@ -39,11 +47,86 @@ def demo(_: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paligemma", description=__doc__)
+def load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise SystemExit(f"error: image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise SystemExit(f"error: {path} is not an image Pillow can read ({err})") from None
+
+
+def load_model(args: argparse.Namespace):
+    from . import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from .weights import CheckpointError
+
+    folder = args.model
+    if not folder.is_dir():
+        raise SystemExit(f"error: model folder {folder} does not exist (expected a PaliGemma checkpoint folder "
+                         "with config.json, model.safetensors and tokenizer.json)")
+    if not (folder / "tokenizer.json").is_file():
+        raise SystemExit(f"error: {folder} has no tokenizer.json; copy the checkpoint's tokenizer.json there")
+    device = torch.device(args.device)
+    try:
+        model = PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=args.dtype and DTYPES[args.dtype],
+                                                                  device=device)
+        processor = PaliGemmaProcessor.from_pretrained(folder)
+    except (FileNotFoundError, CheckpointError, ValueError) as err:
+        raise SystemExit(f"error: cannot load {folder}: {err}") from None
+    return model, processor
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Load a checkpoint, read the image, stream the answer to stdout."""
+    from .generation import generate
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU")
+    image = load_image(args.image)
+    model, processor = load_model(args)
+    sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
+    try:
+        generate(model, processor, [image], [args.prompt], max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                 temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
+                 top_p=args.top_p, seed=args.seed,
+                 on_token=lambda pieces: print(pieces[0], end="", flush=True))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m paligemma", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("demo", help="architecture + a tiny random forward pass (the default)").set_defaults(run=demo)
-    args = parser.parse_args(argv)
+    gen = commands.add_parser("generate", help="run a PaliGemma checkpoint on an image and a prompt",
+                              description="Caption, answer or detect: the answer is printed as it is generated.")
+    gen.add_argument("--model", type=Path, required=True,
+                     help="checkpoint folder: config.json, model.safetensors (or shards + index), tokenizer.json")
+    gen.add_argument("--image", type=Path, required=True, help="image file (any format Pillow reads)")
+    gen.add_argument("--prompt", default="caption en",
+                     help='task prompt, e.g. "caption en", "answer en what is this?", "detect cat" (default: %(default)s)')
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="most tokens to generate (default: %(default)s)")
+    gen.add_argument("--temperature", type=float, help="sample with this temperature instead of greedy decoding")
+    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this probability")
+    gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    gen.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="cpu, cuda or cuda:N (default: %(default)s)")
+    gen.add_argument("--dtype", choices=sorted(DTYPES),
+                     help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
+    gen.set_defaults(run=run_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return getattr(args, "run", demo)(args)
 
 

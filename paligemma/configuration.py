@@ -25,7 +25,8 @@ class ConfigMixin:
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
         d = cls._normalise_dict(dict(d))
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        # A null in config.json means "use the default" (e.g. "head_dim": null), not None.
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
 
     @classmethod
     def _normalise_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -122,8 +123,6 @@ class GemmaConfig(ConfigMixin):
         # Hub Gemma files carry both a legacy "hidden_act": "gelu" and the real "hidden_activation".
         if d.get("hidden_activation"):
             d["hidden_act"] = d["hidden_activation"]
-        if d.get("head_dim") is None and "hidden_size" in d and "num_attention_heads" in d:
-            d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
         if d.get("num_key_value_heads") is None and "num_attention_heads" in d:
             d["num_key_value_heads"] = d["num_attention_heads"]
         return d
@@ -134,3 +133,103 @@ class GemmaConfig(ConfigMixin):
         d.pop("attn_implementation")
         d["rope_parameters"] = {"rope_type": "default", "rope_theta": d.pop("rope_theta")}
         return {"architectures": ["GemmaForCausalLM"], "model_type": "gemma", **d}
+
+
+@dataclass
+class SiglipVisionConfig(ConfigMixin):
+    """The SigLIP vision tower. Defaults: PaliGemma-3B-224's So400m/14 encoder (224 px -> 256 patches)."""
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    attention_dropout: float = 0.0
+    vision_use_head: bool = False
+
+    def __post_init__(self):
+        self._check_positive("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                             "num_channels", "image_size", "patch_size")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"SiglipVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"SiglipVisionConfig.image_size ({self.image_size}) must be a multiple of "
+                             f"patch_size ({self.patch_size})")
+        if self.hidden_act not in GELU_TANH_NAMES[:2]:
+            raise ValueError(f"SiglipVisionConfig.hidden_act must be 'gelu_pytorch_tanh', got {self.hidden_act!r}")
+        if self.vision_use_head:
+            raise ValueError("SiglipVisionConfig.vision_use_head must be False: PaliGemma uses every patch "
+                             "embedding, not SigLIP's pooling head")
+
+    @property
+    def num_patches(self) -> int:
+        """(image_size / patch_size)^2: 224 / 14 = 16 -> 256 image tokens."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def _normalise_dict(cls, d):
+        d.setdefault("vision_use_head", False)  # absent in PaliGemma's hub config: it has no head
+        return d
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        return {"model_type": "siglip_vision_model", **self.to_dict()}
+
+
+@dataclass
+class PaliGemmaConfig(ConfigMixin):
+    """A SigLIP vision config + a Gemma text config + how they are joined."""
+
+    text_config: GemmaConfig = dataclasses.field(default_factory=GemmaConfig)
+    vision_config: SiglipVisionConfig = dataclasses.field(default_factory=SiglipVisionConfig)
+    image_token_index: int = 257152
+    projection_dim: int = 2048
+
+    def __post_init__(self):
+        if isinstance(self.text_config, dict):
+            self.text_config = GemmaConfig.from_dict(self.text_config)
+        if isinstance(self.vision_config, dict):
+            self.vision_config = SiglipVisionConfig.from_dict(self.vision_config)
+        if self.projection_dim != self.text_config.hidden_size:
+            raise ValueError(f"PaliGemmaConfig.projection_dim ({self.projection_dim}) must equal the text "
+                             f"hidden_size ({self.text_config.hidden_size}): image tokens enter the decoder as embeddings")
+        if not 0 <= self.image_token_index < self.text_config.vocab_size:
+            raise ValueError(f"PaliGemmaConfig.image_token_index {self.image_token_index} is outside the text "
+                             f"vocabulary [0, {self.text_config.vocab_size})")
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_config.num_patches
+
+    @classmethod
+    def _normalise_dict(cls, d):
+        text = dict(d.get("text_config") or {})
+        # The hub file keeps token ids at the top level only. Its top-level vocab_size (257152) is the
+        # tokenizer's size, not the embedding table's (257216, in text_config), so it is not copied down.
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if key in d:
+                text.setdefault(key, d[key])
+        d["text_config"] = GemmaConfig.from_dict(text)
+        d["vision_config"] = SiglipVisionConfig.from_dict(dict(d.get("vision_config") or {}))
+        if "image_token_id" in d and "image_token_index" not in d:
+            d["image_token_index"] = d["image_token_id"]
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text_config": self.text_config.to_dict(), "vision_config": self.vision_config.to_dict(),
+                "image_token_index": self.image_token_index, "projection_dim": self.projection_dim}
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config.json that transformers' PaliGemmaForConditionalGeneration reads."""
+        text = self.text_config.to_hf_dict()
+        text.pop("architectures")
+        return {"architectures": ["PaliGemmaForConditionalGeneration"], "model_type": "paligemma",
+                "text_config": text, "vision_config": self.vision_config.to_hf_dict(),
+                "image_token_index": self.image_token_index, "projection_dim": self.projection_dim,
+                "hidden_size": self.text_config.hidden_size, "vocab_size": self.text_config.vocab_size,
+                "pad_token_id": self.text_config.pad_token_id, "bos_token_id": self.text_config.bos_token_id,
+                "eos_token_id": self.text_config.eos_token_id, "tie_word_embeddings": True}

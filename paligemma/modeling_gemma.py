@@ -145,6 +145,11 @@ class GemmaForCausalLM(nn.Module):
             hidden = hidden[:, -logits_to_keep:]
         return {"logits": self.lm_head(hidden), "kv_cache": kv_cache}
 
+    def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Token-level decoding; see `paligemma.generation.generate_tokens` for the arguments."""
+        from .generation import generate_tokens  # generation builds on the models, not the reverse
+        return generate_tokens(self, input_ids, attention_mask=attention_mask, **kwargs)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: torch.device | str | None = None, attn_implementation: str | None = None):

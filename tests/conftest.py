@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from paligemma import GemmaConfig, GemmaForCausalLM
+from paligemma.modeling_gemma import init_weights
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -26,9 +29,15 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
 
 
-def make_gemma(seed: int = 0, **overrides) -> GemmaForCausalLM:
+# Weights far larger than Gemma's N(0, 0.02) initialisation: a model that small-weighted only repeats
+# its last token (the tied lm_head scores the input embedding highest), which makes decoding tests trivial.
+TEST_INIT_STD = 0.2
+
+
+def make_gemma(seed: int = 0, std: float = TEST_INIT_STD, **overrides) -> GemmaForCausalLM:
     torch.manual_seed(seed)
     model = GemmaForCausalLM(tiny_gemma_config(**overrides)).eval()
+    model.apply(partial(init_weights, std=std))
     randomize_norms(model, seed)
     return model
 
@@ -47,3 +56,71 @@ def hf_gemma_twin(model: GemmaForCausalLM, attn_implementation: str = "eager"):
 @pytest.fixture
 def tiny_model() -> GemmaForCausalLM:
     return make_gemma()
+
+
+def tiny_paligemma_config(image_token_index: int = 96, **text_overrides):
+    from paligemma import PaliGemmaConfig, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=16, patch_size=4)  # 16 / 4 = 4 x 4 = 16 image tokens
+    text = tiny_gemma_config(**text_overrides)
+    return PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=image_token_index,
+                           projection_dim=text.hidden_size)
+
+
+def make_paligemma(seed: int = 0, **text_overrides):
+    from paligemma import PaliGemmaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(tiny_paligemma_config(**text_overrides)).eval()
+    model.apply(partial(init_weights, std=TEST_INIT_STD))
+    randomize_norms(model, seed)
+    with torch.no_grad():  # LayerNorms start at (1, 0): perturb them too
+        for name, param in model.named_parameters():
+            if "layer_norm" in name or "post_layernorm" in name:
+                param.add_(torch.randn(param.shape) * 0.3)
+    return model
+
+
+def ours_to_hf_paligemma_key(key: str) -> str:
+    if key == "language_model.lm_head.weight":
+        return "lm_head.weight"
+    if key.startswith("language_model.model."):
+        return "model.language_model." + key[len("language_model.model."):]
+    return "model." + key
+
+
+def hf_paligemma_twin(model, attn_implementation: str = "eager"):
+    """transformers.PaliGemmaForConditionalGeneration with our model's config and weights."""
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.PaliGemmaConfig(**model.config.to_hf_dict())
+    hf_config._attn_implementation = attn_implementation
+    hf_config.text_config._attn_implementation = attn_implementation
+    hf_config.vision_config._attn_implementation = attn_implementation
+    twin = transformers.PaliGemmaForConditionalGeneration(hf_config).eval()
+    state = {ours_to_hf_paligemma_key(k): v for k, v in model.state_dict().items()}
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= {"lm_head.weight"}, missing
+    return twin
+
+
+def random_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def tiny_tokenizer(vocab_size: int = 97, image_token_index: int = 96):
+    """A word-level tokenizer in the real layout: <pad> 0, <eos> 1, <bos> 2, "\\n", words, <image>."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<eos>", "<bos>", "\n", "<unk>", "caption", "en", "a", "red", "blue", "circle", "square"]
+    words += [f"w{i}" for i in range(vocab_size - len(words) - 1)]
+    vocab = {word: i for i, word in enumerate(words)}
+    vocab["<image>"] = image_token_index
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" +"), behavior="removed"),
+        pre_tokenizers.Split("\n", behavior="isolated"),
+    ])
+    tokenizer.add_special_tokens(["<pad>", "<eos>", "<bos>", "<image>"])
+    return tokenizer

@@ -1,0 +1,142 @@
+"""The decoding loop: prefill once, then one token at a time through the KV cache; greedy or sampled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .kv_cache import KVCache
+
+_FROM_CONFIG = object()  # sentinel: "use the model config's eos_token_id"
+
+
+def check_sampling_arguments(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Reject settings that would be ignored or break sampling, with the reason."""
+    if not do_sample and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise ValueError("temperature, top_k and top_p only apply when sampling: pass do_sample=True "
+                         "(greedy decoding always takes the most likely token)")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus): tokens outside the allowed set get -inf. (B, V) -> (B, V)."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        mass_before = probs.cumsum(-1) - probs
+        drop_sorted = mass_before >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
+                top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits of the last position -> (B,) chosen token ids."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                    attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20, do_sample: bool = False,
+                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                    eos_token_id=_FROM_CONFIG, seed: int | None = None,
+                    on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Generate up to `max_new_tokens` after each prompt; returns only the new tokens, (B, n_new).
+
+    Rows that produced `eos_token_id` are padded with the pad token afterwards (as transformers does);
+    the loop stops when every row has finished. `eos_token_id=None` never stops early.
+    `on_step(tokens)` is called with each step's (B,) tokens, e.g. to stream text.
+    """
+    check_sampling_arguments(do_sample, temperature, top_k, top_p)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    text_config = getattr(model.config, "text_config", model.config)
+    if eos_token_id is _FROM_CONFIG:
+        eos_token_id = text_config.eos_token_id
+    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
+                           device=input_ids.device)
+    pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
+    model_inputs = {"input_ids": input_ids}
+    if pixel_values is not None:
+        if not hasattr(model, "vision_tower"):
+            raise ValueError(f"{type(model).__name__} has no vision tower: pixel_values cannot be used")
+        model_inputs["pixel_values"] = pixel_values
+    batch = input_ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+
+    kv_cache, finished, new_tokens = KVCache(), torch.zeros(batch, dtype=torch.bool, device=input_ids.device), []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(**model_inputs, attention_mask=attention_mask, kv_cache=kv_cache,
+                           logits_to_keep=1)["logits"][:, -1]  # (B, V)
+            tokens = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)
+            tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
+            new_tokens.append(tokens)
+            if on_step is not None:
+                on_step(tokens)
+            finished |= torch.isin(tokens, eos_ids)
+            if eos_ids.numel() and bool(finished.all()):
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+            model_inputs = {"input_ids": tokens[:, None]}  # the cache holds everything before
+    return torch.stack(new_tokens, dim=1)
+
+
+def generate(model, processor, images, prompts, max_new_tokens: int = 32, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, on_token: Callable[[list[str]], None] | None = None) -> list[str]:
+    """Images + prompts -> answers, one string per prompt.
+
+    `on_token(pieces)` streams: after every step it receives, for each prompt, the text added by that step.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in processor(text=list(prompts), images=list(images)).items()}
+    eos = processor.eos_token_id
+    produced: list[list[int]] = [[] for _ in prompts]
+    shown = ["" for _ in prompts]
+
+    def stream(tokens: torch.Tensor) -> None:
+        pieces = []
+        for row, token in enumerate(tokens.tolist()):
+            if token == eos or (produced[row] and produced[row][-1] == eos):
+                produced[row].append(eos)
+                pieces.append("")
+                continue
+            produced[row].append(token)
+            text = processor.decode([t for t in produced[row] if t != eos])
+            pieces.append(text[len(shown[row]):])
+            shown[row] = text
+        on_token(pieces)
+
+    tokens = model.generate(inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
+                            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                            eos_token_id=eos, seed=seed, on_step=stream if on_token else None)
+    return [processor.decode(cut_at_eos(row, eos)) for row in tokens.tolist()]
+
+
+def cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
+    """The tokens before the first end-of-sequence token."""
+    return tokens[:tokens.index(eos_token_id)] if eos_token_id in tokens else tokens

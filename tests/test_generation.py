@@ -1,0 +1,106 @@
+"""Decoding: greedy equals transformers' generate; sampling respects top-k/top-p; seeds reproduce; EOS stops."""
+
+import pytest
+import torch
+
+from conftest import hf_gemma_twin, hf_paligemma_twin, make_gemma, make_paligemma, random_images
+from paligemma.generation import filter_logits, generate_tokens
+
+transformers = pytest.importorskip("transformers")
+
+
+def left_padded(rows):
+    longest = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, longest - len(r):], mask[i, longest - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
+def test_paligemma_greedy_is_token_identical_to_transformers():
+    model = make_paligemma(seed=31)
+    twin = hf_paligemma_twin(model)
+    image = [96] * 16 + [2]
+    ids, mask = left_padded([image + [10, 11, 12, 13, 14], image + [20]])
+    pixels = random_images(2, seed=32)
+    ours = model.generate(ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=20, eos_token_id=None)
+    theirs = twin.generate(input_ids=ids, pixel_values=pixels, attention_mask=mask,
+                           token_type_ids=torch.zeros_like(ids), max_new_tokens=20, min_new_tokens=20,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert ours.shape == (2, 20)
+    assert torch.equal(ours, theirs[:, ids.shape[1]:])
+
+
+def test_gemma_greedy_is_token_identical_to_transformers_and_stops_at_eos():
+    model = make_gemma(seed=33)
+    twin = hf_gemma_twin(model)
+    ids, mask = left_padded([[2, 5, 6, 7], [2, 9]])
+    theirs = twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, min_new_tokens=15,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:]
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=15, eos_token_id=None)
+    assert torch.equal(ours, theirs)
+    # declare the last distinct token of row 0 to be the EOS: row 0 stops there and is padded afterwards
+    row0 = ours[0].tolist()
+    step = max(row0.index(token) for token in set(row0))
+    eos = row0[step]
+    stopped = model.generate(ids, attention_mask=mask, max_new_tokens=15, eos_token_id=eos)
+    assert stopped[0, :step + 1].tolist() == row0[:step + 1]
+    assert (stopped[0, step + 1:] == 0).all()
+    row1 = ours[1].tolist()
+    if eos not in row1:  # row 1 never finishes, so the loop runs to max_new_tokens
+        assert stopped.shape[1] == 15 and stopped[1].tolist() == row1
+    else:  # the loop ends as soon as both rows have finished
+        assert stopped.shape[1] == max(step, row1.index(eos)) + 1
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, None), (None, 0.5), (5, 0.3)])
+def test_sampling_never_leaves_the_allowed_set(top_k, top_p):
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(34)) * 3
+    filtered = filter_logits(logits, temperature=0.7, top_k=top_k, top_p=top_p)
+    allowed = torch.isfinite(filtered)
+    probs = (logits / 0.7).softmax(-1)
+    for row in range(4):
+        order = probs[row].argsort(descending=True)
+        if top_k is not None:
+            assert set(allowed[row].nonzero().flatten().tolist()) <= set(order[:top_k].tolist())
+        if top_p is not None:  # the smallest prefix of the ranking whose mass reaches top_p
+            mass = probs[row][order].cumsum(0)
+            needed = int((mass < top_p).sum()) + 1
+            assert set(allowed[row].nonzero().flatten().tolist()) <= set(order[:needed].tolist())
+        assert allowed[row, order[0]]  # the most likely token always stays
+    model = make_gemma(seed=35)
+    ids = torch.tensor([[2, 5, 6]])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):  # and every sampled token lies in the filtered set of its own step
+        tokens = generate_tokens(model, ids, max_new_tokens=1, do_sample=True, temperature=0.7, top_k=top_k,
+                                 top_p=top_p, seed=int(torch.randint(0, 10**6, (1,), generator=generator)))
+        with torch.no_grad():
+            step_logits = model(input_ids=ids)["logits"][:, -1]
+        assert torch.isfinite(filter_logits(step_logits, 0.7, top_k, top_p)[0, tokens[0, 0]])
+
+
+def test_seed_reproduces_samples():
+    model = make_gemma(seed=36)
+    ids = torch.tensor([[2, 5, 6, 7]])
+    kwargs = dict(max_new_tokens=12, do_sample=True, temperature=1.5, eos_token_id=None)
+    first = model.generate(ids, seed=7, **kwargs)
+    assert torch.equal(first, model.generate(ids, seed=7, **kwargs))
+    assert not all(torch.equal(first, model.generate(ids, seed=s, **kwargs)) for s in range(8, 12))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(temperature=0.5), "do_sample=True"),
+    (dict(do_sample=True, temperature=0), "temperature"),
+    (dict(do_sample=True, top_k=0), "top_k"),
+    (dict(do_sample=True, top_p=1.5), "top_p"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+])
+def test_bad_generation_arguments(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        make_gemma().generate(torch.tensor([[2, 5]]), **kwargs)
+
+
+def test_gemma_rejects_pixel_values():
+    with pytest.raises(ValueError, match="no vision tower"):
+        make_gemma().generate(torch.tensor([[2, 5]]), pixel_values=random_images(1))
