@@ -56,7 +56,9 @@ class GemmaAttention(nn.Module):
         self.keep_attention_weights = False
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                attention_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, kv_cache=None,
+                cache_position: torch.Tensor | None = None) -> torch.Tensor:
+        """`cache_position` (T,) writes K/V at those cache slots (fixed shapes, for compiled decoding)."""
         batch, length, _ = hidden_states.shape
         # (B, T, hidden) -> (B, T, heads, d) -> (B, heads, T, d)
         query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -65,8 +67,10 @@ class GemmaAttention(nn.Module):
 
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if kv_cache is not None:  # key, value: (B, kv_heads, past + T, d), everything seen so far
+        if kv_cache is not None and cache_position is None:  # key, value: (B, kv_heads, past + T, d)
             key, value = kv_cache.update(key, value, self.layer_idx)
+        elif kv_cache is not None:  # key, value: (B, kv_heads, max_length, d), the whole preallocated buffer
+            key, value = kv_cache.update(key, value, self.layer_idx, cache_position)
 
         dropout = self.attention_dropout if self.training else 0.0
         if self.attn_implementation == "eager":

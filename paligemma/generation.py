@@ -7,59 +7,27 @@ from collections.abc import Callable
 import torch
 
 from .kv_cache import KVCache
+from .sampling import check_sampling_arguments, filter_logits, next_tokens
+from .static_decoding import default_compile_options, generate_static
+
+__all__ = ["generate", "generate_tokens", "filter_logits", "next_tokens", "check_sampling_arguments", "cut_at_eos"]
 
 _FROM_CONFIG = object()  # sentinel: "use the model config's eos_token_id"
-
-
-def check_sampling_arguments(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Reject settings that would be ignored or break sampling, with the reason."""
-    if not do_sample and (temperature != 1.0 or top_k is not None or top_p is not None):
-        raise ValueError("temperature, top_k and top_p only apply when sampling: pass do_sample=True "
-                         "(greedy decoding always takes the most likely token)")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-
-
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus): tokens outside the allowed set get -inf. (B, V) -> (B, V)."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
-        mass_before = probs.cumsum(-1) - probs
-        drop_sorted = mass_before >= top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    return logits
-
-
-def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
-                top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) logits of the last position -> (B,) chosen token ids."""
-    if not do_sample:
-        return logits.argmax(-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                     attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20, do_sample: bool = False,
                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                     eos_token_id=_FROM_CONFIG, seed: int | None = None,
-                    on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                    on_step: Callable[[torch.Tensor], None] | None = None, static: bool = False,
+                    compile: bool | dict = False) -> torch.Tensor:
     """Generate up to `max_new_tokens` after each prompt; returns only the new tokens, (B, n_new).
 
     Rows that produced `eos_token_id` are padded with the pad token afterwards (as transformers does);
     the loop stops when every row has finished. `eos_token_id=None` never stops early.
     `on_step(tokens)` is called with each step's (B,) tokens, e.g. to stream text.
+    `static=True` decodes through a preallocated cache with fixed shapes; `compile=True` (or a dict of
+    torch.compile options) also compiles that step — CUDA graphs on a GPU. Same tokens as the eager loop.
     """
     check_sampling_arguments(do_sample, temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -82,6 +50,15 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
     if seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
 
+    if static or compile:
+        options = None
+        if compile:
+            options = compile if isinstance(compile, dict) else default_compile_options(input_ids.device)
+        return generate_static(model, input_ids, pixel_values, attention_mask, max_new_tokens, do_sample,
+                               temperature, top_k, top_p, eos_ids, pad_id, generator, options, on_step)
+    if bool(attention_mask.all()):  # no padding: decode steps need no mask at all
+        attention_mask = None
+
     kv_cache, finished, new_tokens = KVCache(), torch.zeros(batch, dtype=torch.bool, device=input_ids.device), []
     with torch.no_grad():
         for _ in range(max_new_tokens):
@@ -95,17 +72,20 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
             finished |= torch.isin(tokens, eos_ids)
             if eos_ids.numel() and bool(finished.all()):
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
             model_inputs = {"input_ids": tokens[:, None]}  # the cache holds everything before
     return torch.stack(new_tokens, dim=1)
 
 
 def generate(model, processor, images, prompts, max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, on_token: Callable[[list[str]], None] | None = None) -> list[str]:
+             seed: int | None = None, on_token: Callable[[list[str]], None] | None = None,
+             compile: bool = False) -> list[str]:
     """Images + prompts -> answers, one string per prompt.
 
     `on_token(pieces)` streams: after every step it receives, for each prompt, the text added by that step.
+    `compile=True` decodes with the compiled fixed-shape step (same answers; faster after a warm-up).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -133,7 +113,7 @@ def generate(model, processor, images, prompts, max_new_tokens: int = 32, do_sam
     tokens = model.generate(inputs["input_ids"], pixel_values=inputs["pixel_values"],
                             attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
                             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                            eos_token_id=eos, seed=seed, on_step=stream if on_token else None)
+                            eos_token_id=eos, seed=seed, on_step=stream if on_token else None, compile=compile)
     return [processor.decode(cut_at_eos(row, eos)) for row in tokens.tolist()]
 
 

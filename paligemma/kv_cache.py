@@ -11,7 +11,11 @@ class KVCache:
     `update` appends the new tokens and returns the whole history for that layer. Storage is a
     buffer per layer that doubles when full (amortised O(1) per token, unlike a `torch.cat` of the
     whole history at every step, which is O(n^2) in total). With `max_length` the buffer is
-    allocated once at that size and never moves; writing past it raises an error.
+    allocated once at that size (zero-filled) and never moves; writing past it raises an error.
+
+    Compiled decoding needs shapes that never change: `update(..., cache_position)` writes the new
+    keys/values at those slots and returns the whole max_length buffer; the attention mask hides
+    the slots not written yet. The caller then records the new length with `advance`.
     """
 
     def __init__(self, max_length: int | None = None):
@@ -36,11 +40,32 @@ class KVCache:
 
     def _allocate(self, like: torch.Tensor, capacity: int) -> torch.Tensor:
         batch, heads, _, head_dim = like.shape
+        if self.max_length is not None:  # zeros: unwritten slots are read (then masked) by static decoding
+            return like.new_zeros(batch, heads, capacity, head_dim)
         return like.new_empty(batch, heads, capacity, head_dim)
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
-               layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append (B, kv_heads, T_new, d) keys/values to layer `layer_idx`; return all of them so far."""
+    def reset(self) -> None:
+        """Forget the stored tokens but keep the buffers (a compiled step can then be replayed on them)."""
+        self.lengths = [0 for _ in self.lengths]
+
+    def advance(self, n_tokens: int) -> None:
+        """Record `n_tokens` more tokens in every layer after position-indexed (static) updates."""
+        self.lengths = [length + n_tokens for length in self.lengths]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               cache_position: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, kv_heads, T_new, d) keys/values to layer `layer_idx`; return all of them so far.
+
+        With `cache_position` (T_new,) (a preallocated cache only): write at those slots and return the
+        full (B, kv_heads, max_length, d) buffers, a fixed shape that torch.compile / CUDA graphs can replay.
+        """
+        if cache_position is not None:
+            if self.max_length is None or layer_idx >= len(self.key_cache):
+                raise ValueError("KVCache.update with cache_position needs a preallocated cache "
+                                 "(KVCache(max_length=...)) whose layer was already filled by a prefill")
+            self.key_cache[layer_idx].index_copy_(2, cache_position, key_states)
+            self.value_cache[layer_idx].index_copy_(2, cache_position, value_states)
+            return self.key_cache[layer_idx], self.value_cache[layer_idx]
         if key_states.shape != value_states.shape or key_states.dim() != 4:
             raise ValueError(f"KVCache.update expects keys and values of the same 4-D shape (B, kv_heads, T, d), "
                              f"got {tuple(key_states.shape)} and {tuple(value_states.shape)}")

@@ -42,9 +42,9 @@ class GemmaDecoderLayer(nn.Module):
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, kv_cache=None):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, kv_cache=None, cache_position=None):
         hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
-                                                       attention_mask, kv_cache)
+                                                       attention_mask, kv_cache, cache_position)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 

@@ -1,22 +1,57 @@
 """Checkpoints in the Hugging Face layout: safetensors files (single or sharded with an index) + config.json.
 
 Loading is strict (every missing, unexpected or mis-shaped key is named in the error) and builds the
-model on the `meta` device first, so a checkpoint is held in memory once, not twice.
+model on the `meta` device first, then reads one tensor at a time straight from the file into its
+own memory (no memory map), so a checkpoint is held in memory once, not twice.
+
+A .safetensors file is: 8 bytes (little-endian u64) giving the header's length N, N bytes of JSON
+{name: {"dtype", "shape", "data_offsets": [start, end]}, "__metadata__": {...}}, then the raw bytes.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
+def read_header(file: BinaryIO) -> tuple[dict, int]:
+    """The JSON header of a .safetensors file, without metadata, and where the tensor bytes start."""
+    (length,) = struct.unpack("<Q", file.read(8))
+    header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def read_tensor(file: BinaryIO, entry: dict, data_start: int) -> torch.Tensor:
+    """Read one tensor's bytes from the file directly into a new tensor's memory."""
+    if entry["dtype"] not in DTYPES:
+        raise ValueError(f"unsupported safetensors dtype {entry['dtype']}")
+    tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+    start, end = entry["data_offsets"]
+    if end - start != tensor.numel() * tensor.element_size():
+        raise ValueError(f"corrupt safetensors entry: {end - start} bytes for shape {entry['shape']} {entry['dtype']}")
+    file.seek(data_start + start)
+    if file.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - start:
+        raise ValueError("safetensors file ends before the tensor's last byte")
+    return tensor
+
+
+def file_header(path: Path) -> dict:
+    with open(path, "rb") as file:
+        return read_header(file)[0]
 
 
 class CheckpointError(ValueError):
@@ -32,8 +67,7 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
         weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
         return {name: path / file for name, file in weight_map.items()}
     if (path / SINGLE_FILE).is_file():
-        with safe_open(path / SINGLE_FILE, framework="pt") as f:
-            return {name: path / SINGLE_FILE for name in f.keys()}
+        return {name: path / SINGLE_FILE for name in file_header(path / SINGLE_FILE)}
     found = sorted(p.name for p in path.iterdir())
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path} (found: {found[:10]})")
 
@@ -84,22 +118,22 @@ def load_checkpoint(model: nn.Module, path: str | Path, rename: Callable[[str], 
     for name, key in renamed.items():
         if name in expected:
             by_file.setdefault(files[key], []).append(name)
-    shapes = []
+    shapes, headers = [], {file: file_header(file) for file in by_file}
     for file, names in by_file.items():
-        with safe_open(file, framework="pt") as f:
-            for name in names:
-                shape = tuple(f.get_slice(renamed[name]).get_shape())
-                if shape != tuple(ours[name].shape):
-                    shapes.append(f"{renamed[name]}: checkpoint {shape}, model {tuple(ours[name].shape)}")
+        for name in names:
+            shape = tuple(headers[file][renamed[name]]["shape"])
+            if shape != tuple(ours[name].shape):
+                shapes.append(f"{renamed[name]}: checkpoint {shape}, model {tuple(ours[name].shape)}")
     if shapes:
         problems.append("shape mismatches: " + "; ".join(shapes[:8]) + (" …" if len(shapes) > 8 else ""))
     if problems:
         raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: " + " | ".join(problems))
 
     for file, names in by_file.items():
-        with safe_open(file, framework="pt") as f:
-            for name in names:  # one tensor at a time: converted, moved, then handed to the model
-                tensor = f.get_tensor(renamed[name])
+        with open(file, "rb") as f:
+            header, data_start = read_header(f)
+            for name in names:  # one tensor at a time: read, converted, moved, then handed to the model
+                tensor = read_tensor(f, header[renamed[name]], data_start)
                 tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
                 _set_tensor(model, name, tensor)
     return model

@@ -1,0 +1,233 @@
+"""`python -m paligemma.benchmark`: prefill and decode speed of this package against transformers, side by side.
+
+Random weights (nothing is downloaded); transformers gets the very same weights through save/load.
+Every number comes from this one run on this one machine, so the ratios are fair comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from .configuration import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from .modeling_gemma import GemmaForCausalLM
+from .modeling_paligemma import PaliGemmaForConditionalGeneration
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROMPT_TEXT_TOKENS = 12  # <bos> + 11 prompt tokens after the image tokens, as in the reference figures
+
+
+def benchmark_config(name: str):
+    """The named model shape: a PaliGemmaConfig, or a GemmaConfig for the text-only 'gemma-2b'."""
+    if name == "tiny":
+        text = GemmaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16)
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                    image_size=32, patch_size=8)
+        return PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=1023, projection_dim=64)
+    if name == "small":  # a scaled-down PaliGemma that a laptop CPU decodes at tens of tokens per second
+        text = GemmaConfig(vocab_size=16384, hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+                           num_attention_heads=8, num_key_value_heads=1, head_dim=64)
+        vision = SiglipVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                    num_attention_heads=4, image_size=224, patch_size=14)
+        return PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=16383, projection_dim=512)
+    if name == "gemma-2b":  # google/gemma-2b: PaliGemma's decoder shape with Gemma's own vocabulary
+        return GemmaConfig(vocab_size=256000)
+    if name == "paligemma-3b":
+        return PaliGemmaConfig()
+    raise ValueError(f"unknown config {name!r}: choose tiny, small, gemma-2b or paligemma-3b")
+
+
+def make_inputs(config, batch: int = 1, seed: int = 0) -> dict:
+    """256 image tokens (for paligemma-3b) + 12 prompt tokens, random ids and pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    text = config.text_config if isinstance(config, PaliGemmaConfig) else config
+    words = torch.randint(3, min(text.vocab_size, 256000) - 2, (batch, PROMPT_TEXT_TOKENS - 1), generator=generator)
+    bos = torch.full((batch, 1), text.bos_token_id)
+    if not isinstance(config, PaliGemmaConfig):
+        n_image = 256  # same length as the multimodal prompt
+        ids = torch.cat([torch.randint(3, 1000, (batch, n_image), generator=generator), bos, words], -1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    image = torch.full((batch, config.num_image_tokens), config.image_token_index)
+    ids = torch.cat([image, bos, words], -1)
+    size = config.vision_config.image_size
+    pixels = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn` in seconds, after one warm-up call, synchronising the GPU around each."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(generate_n: Callable[[int], object], new_tokens: int, device: torch.device, repeats: int) -> dict:
+    """Prefill = time to the first token; decode rate = the other n-1 tokens over the time they add."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    first = timed(lambda: generate_n(1), device, repeats)
+    full = timed(lambda: generate_n(new_tokens), device, repeats)
+    result = {"prefill_ms": 1000 * first, "decode_tokens_per_s": (new_tokens - 1) / max(full - first, 1e-9)}
+    if device.type == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    return result
+
+
+def no_cache_generate(model, inputs: dict, n: int) -> torch.Tensor:
+    """The baseline: recompute the whole sequence for every new token (O(n^2) work)."""
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        for _ in range(n):
+            extra = {"pixel_values": inputs["pixel_values"]} if "pixel_values" in inputs else {}
+            logits = model(input_ids=ids, **extra, logits_to_keep=1)["logits"][:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], -1)
+    return ids
+
+
+def memory_bandwidth_gbps(device: torch.device, n_bytes: int = 2 * 1024**3) -> float:
+    """Device-to-device copy speed (bytes read + written per second), the roofline for decoding."""
+    src = torch.empty(n_bytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    seconds = timed(lambda: dst.copy_(src), device, repeats=10)
+    return 2 * n_bytes / seconds / 1e9
+
+
+def run(config_name: str, device_name: str, dtype_name: str | None, new_tokens: int, repeats: int,
+        with_transformers: bool = True, with_compile: bool = True) -> dict:
+    device = torch.device(device_name)
+    dtype = DTYPES[dtype_name] if dtype_name else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    config = benchmark_config(config_name)
+    model_class = PaliGemmaForConditionalGeneration if isinstance(config, PaliGemmaConfig) else GemmaForCausalLM
+    torch.manual_seed(0)
+    with torch.device(device):
+        ours = model_class(config).to(dtype).eval()
+    inputs = {k: v.to(device) for k, v in make_inputs(config).items()}
+    decoder = ours.language_model if isinstance(ours, PaliGemmaForConditionalGeneration) else ours
+    decoder_params = sum(p.numel() for p in decoder.parameters())  # the tied lm_head counts once
+    results: dict[str, dict] = {}
+
+    def ours_n(n, **kw):
+        return ours.generate(inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
+                             attention_mask=inputs["attention_mask"], max_new_tokens=n, eos_token_id=None, **kw)
+
+    results["ours (eager)"] = measure(ours_n, new_tokens, device, repeats)
+    results["ours (static cache)"] = measure(lambda n: ours_n(n, static=True), new_tokens, device, repeats)
+    if with_compile:
+        results["ours (compiled)"] = measure(lambda n: ours_n(n, compile=True), new_tokens, device, repeats)
+    results["no cache (ours, recompute)"] = measure(lambda n: no_cache_generate(ours, inputs, n),
+                                                    min(new_tokens, 16), device, max(1, repeats // 2))
+    if with_transformers:
+        results.update(transformers_results(ours, inputs, new_tokens, device, dtype, repeats))
+
+    report = {
+        "config": config_name, "device": device_description(device), "dtype": str(dtype).removeprefix("torch."),
+        "new_tokens": new_tokens, "prompt_tokens": inputs["input_ids"].shape[1], "torch": torch.__version__,
+        "python": platform.python_version(), "date": datetime.date.today().isoformat(),
+        "decoder_parameters": decoder_params, "results": results,
+    }
+    try:
+        import transformers
+        report["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        bandwidth = memory_bandwidth_gbps(device)
+        bytes_per_token = decoder_params * torch.finfo(dtype).bits // 8
+        report["bandwidth_gb_per_s"] = bandwidth
+        report["bandwidth_bound_tokens_per_s"] = bandwidth * 1e9 / bytes_per_token
+    return report
+
+
+def transformers_results(ours, inputs, new_tokens, device, dtype, repeats) -> dict:
+    """The same weights in transformers (saved by us, loaded by it), default and static-cache generate."""
+    import transformers
+
+    hf_class = (transformers.PaliGemmaForConditionalGeneration if isinstance(ours, PaliGemmaForConditionalGeneration)
+                else transformers.GemmaForCausalLM)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        ours.save_pretrained(folder)
+        theirs = hf_class.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    hf_inputs = dict(inputs)
+    if "pixel_values" in hf_inputs:
+        hf_inputs["token_type_ids"] = torch.zeros_like(hf_inputs["input_ids"])
+
+    def theirs_n(n, **kw):
+        with torch.no_grad():
+            return theirs.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **kw)
+
+    results["transformers (default)"] = measure(theirs_n, new_tokens, device, repeats)
+    if device.type == "cuda":
+        results["transformers (static + compile)"] = measure(
+            lambda n: theirs_n(n, cache_implementation="static"), new_tokens, device, repeats)
+    return results
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def format_table(report: dict) -> str:
+    results = report["results"]
+    reference = results.get("transformers (default)", {}).get("decode_tokens_per_s")
+    lines = [f"{report['config']} on {report['device']}, {report['dtype']}, prompt {report['prompt_tokens']} tokens, "
+             f"{report['new_tokens']} new tokens",
+             f"{'implementation':34} {'prefill ms':>11} {'decode tok/s':>13} {'vs transformers':>16}"]
+    for name, r in results.items():
+        ratio = f"{r['decode_tokens_per_s'] / reference:.2f}x" if reference else "-"
+        memory = f"  peak {r['peak_memory_gb']:.2f} GB" if "peak_memory_gb" in r else ""
+        lines.append(f"{name:34} {r['prefill_ms']:11.1f} {r['decode_tokens_per_s']:13.1f} {ratio:>16}{memory}")
+    if "bandwidth_gb_per_s" in report:
+        bound = report["bandwidth_bound_tokens_per_s"]
+        lines.append(f"memory bandwidth {report['bandwidth_gb_per_s']:.0f} GB/s -> bound {bound:.0f} tok/s; best "
+                     f"ours = {max(r['decode_tokens_per_s'] for n, r in results.items() if n.startswith('ours')) / bound:.0%} of it")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paligemma.benchmark", description=__doc__)
+    parser.add_argument("--config", default="small", choices=["tiny", "small", "gemma-2b", "paligemma-3b"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default: 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (compiling takes a while)")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+    args = parser.parse_args(argv)
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (the first token measures prefill)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    report = run(args.config, args.device, args.dtype, args.new_tokens, args.repeats,
+                 with_transformers=not args.no_transformers, with_compile=not args.no_compile)
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Choosing the next token from logits: greedy, or sampling with temperature, top-k and top-p."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_sampling_arguments(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Reject settings that would be ignored or break sampling, with the reason."""
+    if not do_sample and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise ValueError("temperature, top_k and top_p only apply when sampling: pass do_sample=True "
+                         "(greedy decoding always takes the most likely token)")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus): tokens outside the allowed set get -inf. (B, V) -> (B, V)."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        mass_before = probs.cumsum(-1) - probs
+        drop_sorted = mass_before >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
+                top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits of the last position -> (B,) chosen token ids."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

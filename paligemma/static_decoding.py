@@ -1,0 +1,132 @@
+"""Fast decoding: a preallocated KV cache and a decode step whose tensor shapes never change.
+
+Fixed shapes let `torch.compile` trace the step once and, on a GPU, replay it as a CUDA graph
+(`mode="reduce-overhead"`): one launch per token instead of hundreds of small kernels. The loop
+keeps everything on the device — positions advance in place, finished rows are tracked as a
+tensor — so the host never waits for the GPU except every `EOS_CHECK_EVERY` steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .kv_cache import KVCache
+from .masks import additive_mask
+from .sampling import next_tokens
+
+EOS_CHECK_EVERY = 16  # steps between host checks of "has every row finished?" (each check syncs)
+
+
+def decode_step(language_model, tokens: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
+                key_mask: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+    """One new token per row through the decoder, attending over the whole preallocated cache.
+
+    tokens, position_ids (B, 1); cache_position (1,) the slot being written; key_mask (B, L) False at
+    padding. Slots after cache_position are hidden by the mask. Returns float32 logits (B, vocab).
+    """
+    model = language_model.model
+    hidden = model.embed(tokens)  # (B, 1, D)
+    slots = torch.arange(key_mask.shape[1], device=tokens.device)
+    allowed = (slots <= cache_position)[None, None, :] & key_mask[:, None, :]  # (B, 1, L)
+    mask = additive_mask(allowed, hidden.dtype)  # (B, 1, 1, L)
+    position_embeddings = model.rotary_emb(hidden, position_ids)
+    for layer in model.layers:
+        hidden = layer(hidden, position_embeddings, mask, kv_cache, cache_position)
+    return language_model.lm_head(model.norm(hidden))[:, -1].float()
+
+
+def compiled_decode_step(model, options: dict) -> Callable:
+    """torch.compile(decode_step), made once per model and options and kept on the model."""
+    compiled = model.__dict__.setdefault("_compiled_decode_steps", {})
+    key = tuple(sorted(options.items()))
+    if key not in compiled:
+        compiled[key] = torch.compile(decode_step, **options)
+    return compiled[key]
+
+
+def reusable_cache(language_model, batch: int, max_length: int, compiled: bool) -> KVCache:
+    """A preallocated cache kept on the model between calls when compiling.
+
+    A compiled step (a CUDA graph especially) is tied to the addresses of the buffers it was traced
+    with; reusing the same buffers avoids recompiling or re-recording the graph on every call.
+    """
+    if not compiled:
+        return KVCache(max_length=max_length)
+    weight = language_model.lm_head.weight
+    caches = language_model.__dict__.setdefault("_static_caches", {})
+    cache = caches.setdefault((batch, max_length, weight.dtype, weight.device), KVCache(max_length=max_length))
+    cache.reset()
+    return cache
+
+
+def mark_static_buffers(kv_cache: KVCache) -> None:
+    """Tell torch.compile the cache buffers live at fixed addresses (so CUDA graphs may write into them)."""
+    for buffer in (*kv_cache.key_cache, *kv_cache.value_cache):
+        torch._dynamo.mark_static_address(buffer)
+
+
+def default_compile_options(device: torch.device) -> dict:
+    """CUDA graphs on a GPU; inductor's default mode on the CPU. fullgraph: fail loudly on graph breaks."""
+    options = {"fullgraph": True, "dynamic": False}
+    if device.type == "cuda":
+        options["mode"] = "reduce-overhead"
+    return options
+
+
+def generate_static(model, input_ids, pixel_values, attention_mask, max_new_tokens: int, do_sample: bool,
+                    temperature: float, top_k, top_p, eos_ids: torch.Tensor, pad_id: int,
+                    generator: torch.Generator | None, compile_options: dict | None,
+                    on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The same tokens as `generate_tokens`' eager loop, through the fixed-shape decode step."""
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    is_paligemma = hasattr(model, "vision_tower")
+    language_model = model.language_model if is_paligemma else model
+    total = prompt_length + max_new_tokens
+    if total > language_model.config.max_position_embeddings:
+        raise ValueError(f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"max_position_embeddings={language_model.config.max_position_embeddings}")
+    kv_cache = reusable_cache(language_model, batch, total, compiled=compile_options is not None)
+    new_buffers = not kv_cache.key_cache
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if is_paligemma:
+        inputs["pixel_values"] = pixel_values
+    with torch.no_grad():
+        logits = model(**inputs, kv_cache=kv_cache, logits_to_keep=1)["logits"][:, -1]  # prefill, eager
+        if new_buffers and compile_options is not None and device.type == "cuda":
+            mark_static_buffers(kv_cache)
+
+        step = decode_step if compile_options is None else compiled_decode_step(language_model, compile_options)
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        key_mask = torch.cat([mask.bool(), mask.new_ones(batch, max_new_tokens, dtype=torch.bool)], -1)  # (B, L)
+        # next position: real tokens so far (PaliGemma counts positions from 1, Gemma from 0)
+        position_ids = mask.long().sum(-1, keepdim=True) + (1 if is_paligemma else 0)  # (B, 1)
+        cache_position = torch.tensor([prompt_length], device=device)
+        out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        any_alive = torch.ones(max_new_tokens, dtype=torch.bool, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            tokens = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)
+            tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
+            out[:, t] = tokens
+            if on_step is not None:
+                on_step(tokens)
+            finished |= torch.isin(tokens, eos_ids)
+            any_alive[t] = ~finished.all()
+            if t == max_new_tokens - 1:
+                break
+            if eos_ids.numel() and (t + 1) % EOS_CHECK_EVERY == 0 and not bool(any_alive[t]):
+                break
+            if device.type == "cuda" and compile_options is not None:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = step(language_model, tokens[:, None], position_ids, cache_position, key_mask, kv_cache)
+            kv_cache.advance(1)
+            position_ids += 1
+            cache_position += 1
+    if not eos_ids.numel():
+        return out
+    # keep the steps up to (and including) the one where the last row finished, as the eager loop does
+    n_steps = int((~any_alive).nonzero()[0]) + 1 if bool((~any_alive).any()) else max_new_tokens
+    return out[:, :n_steps]

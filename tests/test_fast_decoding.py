@@ -1,0 +1,68 @@
+"""The static cache and the compiled decode step give the same greedy tokens as the readable eager loop."""
+
+import pytest
+import torch
+
+from conftest import make_gemma, make_paligemma, random_images
+from paligemma import KVCache
+
+IMAGE_PROMPT = [96] * 16 + [2]
+
+
+def left_padded(rows):
+    longest = max(len(r) for r in rows)
+    ids, mask = torch.zeros(len(rows), longest, dtype=torch.long), torch.zeros(len(rows), longest, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, longest - len(r):], mask[i, longest - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("mode", ["static", "compiled_aot_eager"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_gemma_fast_paths_equal_eager(mode, padded):
+    model = make_gemma(seed=61)
+    ids, mask = left_padded([[2, 5, 6, 7, 8], [2, 9] if padded else [2, 9, 10, 11, 12]])
+    fast = {"static": dict(static=True), "compiled_aot_eager": dict(compile={"backend": "aot_eager",
+                                                                           "fullgraph": True})}[mode]
+    eager = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None, **fast), eager)
+
+
+def test_paligemma_static_path_equals_eager_with_eos_and_padding():
+    model = make_paligemma(seed=62)
+    ids, mask = left_padded([IMAGE_PROMPT + [10, 11, 12, 13], IMAGE_PROMPT + [20]])
+    pixels = random_images(2, seed=63)
+    kwargs = dict(pixel_values=pixels, attention_mask=mask, max_new_tokens=20)
+    eager = model.generate(ids, eos_token_id=None, **kwargs)
+    assert torch.equal(model.generate(ids, eos_token_id=None, static=True, **kwargs), eager)
+    eos = int(eager[0, 2])  # a token both loops will meet early: both must stop and pad identically
+    assert torch.equal(model.generate(ids, eos_token_id=eos, static=True, **kwargs),
+                       model.generate(ids, eos_token_id=eos, **kwargs))
+
+
+def test_sampling_with_seed_is_identical_on_the_static_path():
+    model = make_gemma(seed=64)
+    ids = torch.tensor([[2, 5, 6]])
+    kwargs = dict(max_new_tokens=10, do_sample=True, top_k=5, temperature=1.3, seed=5, eos_token_id=None)
+    assert torch.equal(model.generate(ids, static=True, **kwargs), model.generate(ids, **kwargs))
+
+
+def test_inductor_compiled_step_on_cpu_equals_eager():
+    """torch.compile's default backend (C++ code generated for the CPU): same tokens, and reused across calls."""
+    model = make_gemma(seed=65, num_hidden_layers=1)
+    ids = torch.tensor([[2, 5, 6, 7]])
+    eager = model.generate(ids, max_new_tokens=6, eos_token_id=None)
+    assert torch.equal(model.generate(ids, max_new_tokens=6, eos_token_id=None, compile=True), eager)
+    assert torch.equal(model.generate(ids, max_new_tokens=6, eos_token_id=None, compile=True), eager)
+    assert len(model._compiled_decode_steps) == 1 and len(model._static_caches) == 1
+
+
+def test_static_update_needs_a_preallocated_prefilled_cache():
+    with pytest.raises(ValueError, match="preallocated"):
+        KVCache().update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), 0, torch.tensor([0]))
+
+
+def test_static_path_checks_the_position_limit():
+    model = make_gemma(seed=66)  # max_position_embeddings=128
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        model.generate(torch.tensor([[2] * 100]), max_new_tokens=40, static=True)
