@@ -181,6 +181,53 @@ def transformers_results(ours, inputs, new_tokens, device, dtype, repeats) -> di
     return results
 
 
+LOAD_PROBE = """
+import resource, sys, torch
+from paligemma import {cls}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = {cls}.from_pretrained(sys.argv[1], dtype=torch.{dtype}, device=sys.argv[2])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+print((after - before) * 1024, cuda)
+"""
+
+
+def load_peak_memory(config_name: str, device_name: str, dtype_name: str = "bfloat16") -> dict:
+    """Save a checkpoint of the config, load it in a fresh process, and compare its peak memory to the file size.
+
+    Host memory is the growth of the process's peak resident set while `from_pretrained` runs; on a
+    GPU, the most device memory allocated. Weights are left uninitialised: only their size matters.
+    """
+    import subprocess
+
+    config, dtype = benchmark_config(config_name), DTYPES[dtype_name]
+    model_class = PaliGemmaForConditionalGeneration if isinstance(config, PaliGemmaConfig) else GemmaForCausalLM
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to_empty(device="cpu")
+    if isinstance(model, PaliGemmaForConditionalGeneration):
+        model.language_model.tie_weights()
+    else:
+        model.tie_weights()
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        del model
+        probe = LOAD_PROBE.format(cls=model_class.__name__, dtype=dtype_name)
+        out = subprocess.run([sys.executable, "-c", probe, folder, device_name], capture_output=True, text=True,
+                             check=True).stdout.split()
+    host, device = int(out[0]), int(out[1])
+    report = {"checkpoint_gb": size / 1e9, "host_peak_gb": host / 1e9, "host_peak_ratio": host / size}
+    if device:
+        report.update(device_peak_gb=device / 1e9, device_peak_ratio=device / size)
+    return report
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -213,15 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers rows")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (compiling takes a while)")
+    parser.add_argument("--load-check", action="store_true",
+                        help="instead: peak memory of loading a checkpoint of this config, relative to its size")
     parser.add_argument("--json", help="also write the report to this JSON file")
     args = parser.parse_args(argv)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (the first token measures prefill)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but PyTorch sees no CUDA GPU")
-    report = run(args.config, args.device, args.dtype, args.new_tokens, args.repeats,
-                 with_transformers=not args.no_transformers, with_compile=not args.no_compile)
-    print(format_table(report))
+    if args.load_check:
+        report = load_peak_memory(args.config, args.device, args.dtype or "bfloat16")
+        print(f"loading a {report['checkpoint_gb']:.2f} GB {args.config} checkpoint: host peak "
+              f"{report['host_peak_gb']:.2f} GB ({report['host_peak_ratio']:.2f}x its size)"
+              + (f", device peak {report['device_peak_gb']:.2f} GB ({report['device_peak_ratio']:.2f}x)"
+                 if "device_peak_gb" in report else ""))
+    else:
+        report = run(args.config, args.device, args.dtype, args.new_tokens, args.repeats,
+                     with_transformers=not args.no_transformers, with_compile=not args.no_compile)
+        print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
