@@ -64,31 +64,46 @@ def make_inputs(config, batch: int = 1, seed: int = 0) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn` in seconds, after one warm-up call, synchronising the GPU around each."""
+def wall_time(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of `fn` takes, synchronising the GPU before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     fn()
-    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure_all(candidates: dict[str, tuple[Callable[[int], object], int]], device: torch.device,
+                repeats: int) -> dict[str, dict]:
+    """Prefill = time to the first token; decode rate = the other n-1 tokens over the time they add.
+
+    Runs are interleaved (every candidate once per round, medians kept) so that a slow spell of a
+    shared machine slows all candidates alike instead of whichever happened to run then.
+    """
+    for generate_n, n in candidates.values():  # warm-up: allocations, compilation, CUDA graph capture
+        generate_n(1), generate_n(n)
+    times = {name: ([], []) for name in candidates}
     for _ in range(repeats):
+        for name, (generate_n, n) in candidates.items():
+            times[name][0].append(wall_time(lambda: generate_n(1), device))
+            times[name][1].append(wall_time(lambda: generate_n(n), device))
+    results = {}
+    for name, (generate_n, n) in candidates.items():
+        first, full = statistics.median(times[name][0]), statistics.median(times[name][1])
+        results[name] = {"prefill_ms": 1000 * first, "decode_tokens_per_s": (n - 1) / max(full - first, 1e-9)}
         if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            torch.cuda.reset_peak_memory_stats(device)
+            generate_n(n)
+            results[name]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    return results
 
 
-def measure(generate_n: Callable[[int], object], new_tokens: int, device: torch.device, repeats: int) -> dict:
-    """Prefill = time to the first token; decode rate = the other n-1 tokens over the time they add."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    first = timed(lambda: generate_n(1), device, repeats)
-    full = timed(lambda: generate_n(new_tokens), device, repeats)
-    result = {"prefill_ms": 1000 * first, "decode_tokens_per_s": (new_tokens - 1) / max(full - first, 1e-9)}
-    if device.type == "cuda":
-        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    return result
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn` in seconds, after one warm-up call."""
+    fn()
+    return statistics.median(wall_time(fn, device) for _ in range(repeats))
 
 
 def no_cache_generate(model, inputs: dict, n: int) -> torch.Tensor:
@@ -122,20 +137,18 @@ def run(config_name: str, device_name: str, dtype_name: str | None, new_tokens: 
     inputs = {k: v.to(device) for k, v in make_inputs(config).items()}
     decoder = ours.language_model if isinstance(ours, PaliGemmaForConditionalGeneration) else ours
     decoder_params = sum(p.numel() for p in decoder.parameters())  # the tied lm_head counts once
-    results: dict[str, dict] = {}
-
     def ours_n(n, **kw):
         return ours.generate(inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
                              attention_mask=inputs["attention_mask"], max_new_tokens=n, eos_token_id=None, **kw)
 
-    results["ours (eager)"] = measure(ours_n, new_tokens, device, repeats)
-    results["ours (static cache)"] = measure(lambda n: ours_n(n, static=True), new_tokens, device, repeats)
+    candidates = {"ours (eager)": (ours_n, new_tokens),
+                  "ours (static cache)": (lambda n: ours_n(n, static=True), new_tokens)}
     if with_compile:
-        results["ours (compiled)"] = measure(lambda n: ours_n(n, compile=True), new_tokens, device, repeats)
-    results["no cache (ours, recompute)"] = measure(lambda n: no_cache_generate(ours, inputs, n),
-                                                    min(new_tokens, 16), device, max(1, repeats // 2))
+        candidates["ours (compiled)"] = (lambda n: ours_n(n, compile=True), new_tokens)
+    candidates["no cache (ours, recompute)"] = (lambda n: no_cache_generate(ours, inputs, n), min(new_tokens, 16))
     if with_transformers:
-        results.update(transformers_results(ours, inputs, new_tokens, device, dtype, repeats))
+        candidates.update(transformers_candidates(ours, inputs, new_tokens, device, dtype))
+    results = measure_all(candidates, device, repeats)
 
     report = {
         "config": config_name, "device": device_description(device), "dtype": str(dtype).removeprefix("torch."),
@@ -156,13 +169,12 @@ def run(config_name: str, device_name: str, dtype_name: str | None, new_tokens: 
     return report
 
 
-def transformers_results(ours, inputs, new_tokens, device, dtype, repeats) -> dict:
+def transformers_candidates(ours, inputs, new_tokens, device, dtype) -> dict:
     """The same weights in transformers (saved by us, loaded by it), default and static-cache generate."""
     import transformers
 
     hf_class = (transformers.PaliGemmaForConditionalGeneration if isinstance(ours, PaliGemmaForConditionalGeneration)
                 else transformers.GemmaForCausalLM)
-    results = {}
     with tempfile.TemporaryDirectory() as folder:
         ours.save_pretrained(folder)
         theirs = hf_class.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
@@ -174,11 +186,11 @@ def transformers_results(ours, inputs, new_tokens, device, dtype, repeats) -> di
         with torch.no_grad():
             return theirs.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **kw)
 
-    results["transformers (default)"] = measure(theirs_n, new_tokens, device, repeats)
-    if device.type == "cuda":
-        results["transformers (static + compile)"] = measure(
-            lambda n: theirs_n(n, cache_implementation="static"), new_tokens, device, repeats)
-    return results
+    candidates = {"transformers (default)": (theirs_n, new_tokens)}
+    if device.type == "cuda":  # transformers compiles the forward itself when the cache is static
+        candidates["transformers (static + compile)"] = (lambda n: theirs_n(n, cache_implementation="static"),
+                                                        new_tokens)
+    return candidates
 
 
 LOAD_PROBE = """
