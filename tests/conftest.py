@@ -12,6 +12,10 @@ from paligemma.modeling_gemma import init_weights
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
+# pytest runs two workers (pyproject: -n 2) on machines with few cores: one thread each avoids oversubscription,
+# and the tiny models here are fastest on one thread anyway.
+torch.set_num_threads(1)
+
 
 def tiny_gemma_config(**overrides) -> GemmaConfig:
     fields = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
