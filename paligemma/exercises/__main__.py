@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.source} is not a folder of notebooks")
     if args.outdir.resolve() == args.source.resolve():
         parser.error("the output folder must differ from the source: student copies would overwrite the solutions")
-    for path, n_solutions in write_student_copies(args.source, args.outdir):
+    try:
+        written = write_student_copies(args.source, args.outdir)
+    except (FileNotFoundError, ValueError) as error:  # no notebooks, or unbalanced solution markers
+        parser.error(str(error))
+    for path, n_solutions in written:
         print(f"{path}: {n_solutions} solution block(s) replaced")
     return 0
 

@@ -56,4 +56,5 @@ def write_student_copies(source: Path, outdir: Path) -> list[tuple[Path, int]]:
         written.append((target, count))
     if not written:
         raise FileNotFoundError(f"no .ipynb notebooks in {source}")
+    (outdir.parent / "figures").mkdir(exist_ok=True)  # the notebooks save their figures to ../figures
     return written
