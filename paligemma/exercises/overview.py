@@ -65,7 +65,8 @@ def _mistakes(config: PaliGemmaConfig) -> dict[str, int]:
         "num_key_value_heads heads": 2 * layers * d * (text.num_attention_heads - text.num_key_value_heads) * head,
         "you counted two matrices in each Gemma MLP; it is gated: gate_proj, up_proj and down_proj":
             -layers * d * text.intermediate_size,
-        "you forgot the RMSNorm weights (two per decoder layer and a final one, hidden_size each)": -(2 * layers + 1) * d,
+        "you forgot the RMSNorm weights (two per decoder layer and a final one, hidden_size each)":
+            -(2 * layers + 1) * d,
         "you forgot SigLIP's LayerNorms (weight and bias: two per layer and post_layernorm)":
             -(2 * vision_layers + 1) * 2 * dv,
         "you forgot the biases of SigLIP's linear layers and patch convolution (Gemma has none, SigLIP has them)":
