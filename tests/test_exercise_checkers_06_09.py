@@ -1,0 +1,53 @@
+"""The checkers of notebooks 06-09 accept the package's own code and name the usual mistakes in plain words."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from paligemma.exercises import check_patchify
+from test_exercise_checkers_03_05 import assert_rejected, not_written  # the same two helpers
+
+
+@pytest.mark.parametrize("checker", [check_patchify])
+def test_a_stub_is_reported_as_not_implemented(checker):
+    assert_rejected(checker, not_written, "not implemented yet")
+
+
+# ---------------------------------------------------------------- patchify (notebook 06)
+
+def split(x, p):
+    B, C, H, W = x.shape
+    return x.reshape(B, C, H // p, p, W // p, p)  # (B, C, h, p, w, p)
+
+
+def merge(x):
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], -1)
+
+
+def test_patchify_accepts_permute_and_unfold(capsys):
+    check_patchify(lambda x, p: merge(split(x, p).permute(0, 2, 4, 1, 3, 5)))
+    check_patchify(lambda x, p: F.unfold(x, p, stride=p).transpose(1, 2))
+    assert capsys.readouterr().out.count("Correct: patchify") == 2
+
+
+@pytest.mark.parametrize("wrong, phrases", [
+    (lambda x, p: merge(split(x, p).permute(0, 2, 4, 3, 5, 1)), ["channels-last", "(channel, row, column)"]),
+    (lambda x, p: merge(split(x, p).permute(0, 4, 2, 1, 3, 5)), ["column by column", "row by row"]),
+    (lambda x, p: x.reshape(x.shape[0], (x.shape[2] // p) ** 2, -1), ["plain reshape mixes pixels"]),
+    (lambda x, p: x.permute(0, 2, 3, 1).reshape(x.shape[0], (x.shape[2] // p) ** 2, -1), ["still mixes pixels"]),
+    (lambda x, p: F.unfold(x, p, stride=p), ["shape (2, 48, 4), expected (2, 4, 48)", "one row per patch"]),
+    (lambda x, p: split(x, p).permute(0, 2, 4, 1, 3, 5).flatten(3), ["shape (2, 2, 2, 48)", "merge the two grid"]),
+    (lambda x, p: F.unfold(x, p, stride=p).transpose(1, 2).double(), ["dtype torch.float64"]),
+    (lambda x, p: F.unfold(x, p, stride=p).transpose(1, 2) * 0.5, ["wrong values"]),
+])
+def test_patchify_names_the_mistake(wrong, phrases):
+    assert_rejected(check_patchify, wrong, *phrases)
+
+
+def test_patchify_must_not_change_its_input():
+    def in_place(x, p):
+        out = F.unfold(x, p, stride=p).transpose(1, 2).clone()
+        x.mul_(0.5)
+        return out
+
+    assert_rejected(check_patchify, in_place, "changed its input in place")
