@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paligemma.exercises import check_patchify
+from paligemma.exercises import check_patchify, check_prefix_lm_mask
 from test_exercise_checkers_03_05 import assert_rejected, not_written  # the same two helpers
 
 
-@pytest.mark.parametrize("checker", [check_patchify])
+@pytest.mark.parametrize("checker", [check_patchify, check_prefix_lm_mask])
 def test_a_stub_is_reported_as_not_implemented(checker):
     assert_rejected(checker, not_written, "not implemented yet")
 
@@ -51,3 +51,45 @@ def test_patchify_must_not_change_its_input():
         return out
 
     assert_rejected(check_patchify, in_place, "changed its input in place")
+
+
+# ---------------------------------------------------------------- prefix-LM mask (notebook 07)
+
+def prefix_lm(token_type_ids, attention_mask, prefix_type=0, hide=("keys",), bidirectional_prefix=True):
+    T = token_type_ids.shape[1]
+    allowed = torch.ones(T, T, dtype=torch.bool).tril().expand(token_type_ids.shape[0], T, T)
+    if bidirectional_prefix:
+        prefix = token_type_ids == prefix_type
+        allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])
+    real = attention_mask.bool()
+    if "keys" in hide:
+        allowed = allowed & real[:, None, :]
+    if "queries" in hide:
+        allowed = allowed & real[:, :, None]
+    return allowed
+
+
+def test_prefix_lm_mask_accepts_the_reference_and_the_package(capsys):
+    from paligemma.masks import allowed_positions
+
+    check_prefix_lm_mask(prefix_lm)
+    check_prefix_lm_mask(lambda tt, am: allowed_positions(tt.shape[1], 0, am, tt == 0, tt.shape[0]))
+    assert capsys.readouterr().out.count("Correct: prefix_lm_mask") == 2
+
+
+@pytest.mark.parametrize("wrong, phrases", [
+    (lambda tt, am: prefix_lm(tt, am, bidirectional_prefix=False), ["every token is causal", "both directions"]),
+    (lambda tt, am: prefix_lm(tt, am, prefix_type=1), ["roles of the token types are swapped"]),
+    (lambda tt, am: am.bool()[:, None, :].expand(-1, tt.shape[1], -1), ["suffix", "must stay causal"]),
+    (lambda tt, am: prefix_lm(tt, am, hide=()), ["padding keys are not hidden"]),
+    (lambda tt, am: prefix_lm(tt, am, hide=("queries",)), ["rows (queries) instead of the padding columns"]),
+    (lambda tt, am: prefix_lm(tt, am, hide=("keys", "queries")), ["also hid the padding rows"]),
+    (lambda tt, am: ~prefix_lm(tt, am), ["inverted"]),
+    (lambda tt, am: prefix_lm(tt, am).float(), ["dtype torch.float32, expected torch.bool"]),
+    (lambda tt, am: prefix_lm(tt, am)[0], ["shape (7, 7), expected (1, 7, 7)", "keep the batch axis"]),
+    (lambda tt, am: prefix_lm(tt, am)[:, None], ["without the head axis"]),
+    (lambda tt, am: prefix_lm(tt, am) & ~torch.eye(tt.shape[1], dtype=torch.bool), ["query 0 and key 0 should be "
+                                                                                     "allowed", "7 entries differ"]),
+])
+def test_prefix_lm_mask_names_the_mistake(wrong, phrases):
+    assert_rejected(check_prefix_lm_mask, wrong, *phrases)
