@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paligemma.exercises import check_patchify, check_prefix_lm_mask
+from paligemma.exercises import check_patchify, check_prefix_lm_mask, check_top_k, check_top_p
+from paligemma.sampling import filter_logits
 from test_exercise_checkers_03_05 import assert_rejected, not_written  # the same two helpers
 
 
-@pytest.mark.parametrize("checker", [check_patchify, check_prefix_lm_mask])
+@pytest.mark.parametrize("checker", [check_patchify, check_prefix_lm_mask, check_top_k, check_top_p])
 def test_a_stub_is_reported_as_not_implemented(checker):
     assert_rejected(checker, not_written, "not implemented yet")
 
@@ -93,3 +94,57 @@ def test_prefix_lm_mask_accepts_the_reference_and_the_package(capsys):
 ])
 def test_prefix_lm_mask_names_the_mistake(wrong, phrases):
     assert_rejected(check_prefix_lm_mask, wrong, *phrases)
+
+
+# ---------------------------------------------------------------- top-k and top-p (notebook 08)
+
+def test_sampling_checkers_accept_the_package(capsys):
+    check_top_k(lambda logits, k: filter_logits(logits, top_k=k))
+    check_top_k(lambda logits, k: top_k_by(logits, k))
+    assert "Correct: top_k" in capsys.readouterr().out
+    check_top_p(lambda logits, p: filter_logits(logits, top_p=p))
+    assert "Correct: top_p" in capsys.readouterr().out
+
+
+def top_k_by(logits, k, largest=True, dim=-1, keep=None, fill=float("-inf")):
+    values = torch.topk(logits, k if keep is None else keep, dim=dim, largest=largest).values
+    threshold = values[:, -1:] if dim == -1 else values[-1:]
+    dropped = logits < threshold if largest else logits > threshold
+    return logits.masked_fill(dropped, fill)
+
+
+@pytest.mark.parametrize("wrong, phrases", [
+    (lambda logits, k: top_k_by(logits, k, largest=False), ["k smallest"]),
+    (lambda logits, k: logits.masked_fill(logits <= torch.topk(logits, k).values[:, -1:], float("-inf")),
+     ["kept 0 tokens instead of k = 1", "k-th largest logit itself must stay"]),
+    (lambda logits, k: top_k_by(logits, k, keep=min(k + 1, logits.shape[-1])), ["kept 2 tokens instead of k = 1"]),
+    (lambda logits, k: top_k_by(logits, min(k, logits.shape[0]), dim=0), ["not down the batch axis"]),
+    (lambda logits, k: top_k_by(logits, k, fill=0.0), ["must get -inf", "0 is an ordinary logit"]),
+    (lambda logits, k: top_k_by(logits, k).T, ["keep the logits' (batch, vocab) layout"]),
+    (lambda logits, k: top_k_by(logits, k) * 2, ["kept tokens must keep their logits"]),
+])
+def test_top_k_names_the_mistake(wrong, phrases):
+    assert_rejected(check_top_k, wrong, *phrases)
+
+
+def nucleus(logits, p, descending=True, use_logits=False, crossing_token=True, unsort=True, fill=float("-inf")):
+    sorted_logits, order = logits.sort(-1, descending=descending)
+    weights = sorted_logits if use_logits else sorted_logits.softmax(-1)
+    total = weights.cumsum(-1) - (weights if crossing_token else 0)
+    drop = total >= p
+    if unsort:
+        drop = drop.scatter(-1, order, drop)
+    return logits.masked_fill(drop, fill)
+
+
+@pytest.mark.parametrize("wrong, phrases", [
+    (lambda logits, p: nucleus(logits, p, crossing_token=False), ["dropped the token that takes the running total"]),
+    (lambda logits, p: nucleus(logits, p, use_logits=True), ["add probabilities", "not the logits"]),
+    (lambda logits, p: nucleus(logits, p, unsort=False), ["in sorted order", "scatter it back"]),
+    (lambda logits, p: nucleus(logits, p, descending=False), ["descending=True"]),
+    (lambda logits, p: nucleus(logits, p, fill=0.0), ["must get -inf"]),
+    (lambda logits, p: nucleus(logits, p)[:, :-1], ["has shape (3, 11), expected (3, 12)"]),
+    (lambda logits, p: nucleus(logits, min(1.0, p + 0.2)), ["top_p(logits, p=0.5): in row", "should be dropped"]),
+])
+def test_top_p_names_the_mistake(wrong, phrases):
+    assert_rejected(check_top_p, wrong, *phrases)
