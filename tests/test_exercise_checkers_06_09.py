@@ -1,15 +1,22 @@
 """The checkers of notebooks 06-09 accept the package's own code and name the usual mistakes in plain words."""
 
+import json
+import struct
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from paligemma.exercises import check_patchify, check_prefix_lm_mask, check_top_k, check_top_p
+from paligemma.exercises import (check_checkpoint_key_to_ours, check_patchify, check_prefix_lm_mask,
+                                 check_read_safetensors_header, check_top_k, check_top_p)
+from paligemma.modeling_paligemma import checkpoint_key_to_ours
 from paligemma.sampling import filter_logits
+from paligemma.weights import file_header
 from test_exercise_checkers_03_05 import assert_rejected, not_written  # the same two helpers
 
 
-@pytest.mark.parametrize("checker", [check_patchify, check_prefix_lm_mask, check_top_k, check_top_p])
+@pytest.mark.parametrize("checker", [check_patchify, check_prefix_lm_mask, check_top_k, check_top_p,
+                                     check_read_safetensors_header, check_checkpoint_key_to_ours])
 def test_a_stub_is_reported_as_not_implemented(checker):
     assert_rejected(checker, not_written, "not implemented yet")
 
@@ -148,3 +155,72 @@ def nucleus(logits, p, descending=True, use_logits=False, crossing_token=True, u
 ])
 def test_top_p_names_the_mistake(wrong, phrases):
     assert_rejected(check_top_p, wrong, *phrases)
+
+
+# ---------------------------------------------------------------- safetensors header and key layouts (notebook 09)
+
+def read_header(path, endian="<", skip_length=True, drop_metadata=True, parse=True):
+    with open(path, "rb") as file:
+        raw_length = file.read(8)
+        (length,) = struct.unpack(endian + "Q", raw_length)
+        if not skip_length:
+            file.seek(0)
+        text = file.read(min(length, 1 << 20))
+    if not parse:
+        return text
+    header = json.loads(text)
+    if drop_metadata:
+        header.pop("__metadata__", None)
+    return header
+
+
+def test_header_checker_accepts_the_package_and_a_plain_reader(capsys):
+    check_read_safetensors_header(file_header)
+    check_read_safetensors_header(read_header)
+    assert capsys.readouterr().out.count("Correct: read_safetensors_header") == 2
+
+
+@pytest.mark.parametrize("wrong, phrases", [
+    (lambda path: read_header(path, endian=">"), ["raised", "little-endian"]),
+    (lambda path: read_header(path, skip_length=False), ["raised", "8 bytes"]),
+    (lambda path: read_header(path, drop_metadata=False), ["'__metadata__'", "remove it"]),
+    (lambda path: read_header(path, parse=False), ["as bytes", "json.loads"]),
+    (lambda path: list(read_header(path)), ["should return a dict, got list"]),
+    (lambda path: {k: v for k, v in read_header(path).items() if k != "proj.bias"}, ["the file holds"]),
+    (lambda path: {k: {**v, "shape": tuple(v["shape"])} for k, v in read_header(path).items()},
+     ["parsed JSON entries unchanged"]),
+])
+def test_header_checker_names_the_mistake(wrong, phrases):
+    assert_rejected(check_read_safetensors_header, wrong, *phrases)
+
+
+def test_key_checker_accepts_the_package(capsys):
+    check_checkpoint_key_to_ours(checkpoint_key_to_ours)
+    assert "Correct: checkpoint_key_to_ours" in capsys.readouterr().out
+
+
+def without(rule):
+    """The package's mapping with one of its rules left out."""
+    def key_to_ours(key):
+        if rule == "vision_model" and key.startswith("vision_tower.vision_model."):
+            return key
+        if rule == "lm_head" and key == "lm_head.weight":
+            return key
+        if rule == "language_model" and key.startswith("model.language_model."):
+            return key.removeprefix("model.")
+        if rule == "model" and key.startswith("model.") and not key.startswith("model.language_model."):
+            return key
+        return checkpoint_key_to_ours(key)
+    return key_to_ours
+
+
+@pytest.mark.parametrize("wrong, phrases", [
+    (without("vision_model"), ["no vision_model level"]),
+    (without("lm_head"), ["lm_head.weight -> language_model.lm_head.weight"]),
+    (without("language_model"), ["model.language_model.X are our language_model.model.X"]),
+    (without("model"), ["strip it for the vision tower"]),
+    (lambda key: checkpoint_key_to_ours(key.replace("model.", "", 1)), ["leave them alone", "leading prefix"]),
+    (lambda key: None, ["should return a str, got NoneType"]),
+])
+def test_key_checker_names_the_mistake(wrong, phrases):
+    assert_rejected(check_checkpoint_key_to_ours, wrong, *phrases)
