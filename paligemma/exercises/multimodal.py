@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..masks import allowed_positions
-from .checking import ExerciseError, passed, run_candidate
+from .checking import ExerciseError, check_close, passed, run_candidate
 
 __all__ = ["check_prefix_lm_mask"]
 
@@ -57,18 +57,14 @@ def check_prefix_lm_mask(prefix_lm_mask_fn: Callable) -> None:
         expected = _expected(token_type_ids, attention_mask)
         got = run_candidate(prefix_lm_mask_fn, token_type_ids.clone(), attention_mask.clone())
         call = f"prefix_lm_mask(token_type_ids={types}, attention_mask={padding})"
-        if not isinstance(got, torch.Tensor):
-            raise ExerciseError(f"{call} should return a torch.Tensor, got {type(got).__name__}")
         hints = {
             (length, length): "keep the batch axis: return (B, T, T), one table per sequence",
             (batch, 1, length, length): "return (B, T, T) booleans, without the head axis",
             (batch, length): "build a (T, T) table per sequence by comparing query and key positions, e.g. with "
                              "x[:, :, None] & x[:, None, :]",
         }
-        if got.shape != expected.shape:
-            hint = hints.get(tuple(got.shape), "")
-            raise ExerciseError(f"{call} returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-                                + (f": {hint}" if hint else ""))
+        if not (isinstance(got, torch.Tensor) and got.shape == expected.shape):
+            check_close(got, expected, what=f"the mask returned by {call}", shape_hints=hints)
         if got.dtype != torch.bool:
             raise ExerciseError(f"{call} returned dtype {got.dtype}, expected torch.bool: True where the query may "
                                 "attend to the key (the additive 0 / -inf mask is made from it later)")
