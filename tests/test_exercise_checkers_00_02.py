@@ -7,7 +7,7 @@ from paligemma import (GemmaRMSNorm, GemmaRotaryEmbedding, PaliGemmaForCondition
                        apply_rotary_pos_emb, rotate_half)
 from paligemma.exercises import (check_apply_rope, check_num_image_tokens, check_parameter_count,
                                  check_rms_norm, check_rotate_half)
-from test_exercise_checkers_03_05 import assert_rejected, not_written  # the shared stub and assertion helper
+from exercise_helpers import assert_rejected, not_written
 
 
 def test_checkers_are_exported_from_their_topic_modules():

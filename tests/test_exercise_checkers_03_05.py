@@ -5,21 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from paligemma import GemmaDecoderLayer, GemmaMLP, KVCache, repeat_kv
-from paligemma.exercises import (ExerciseError, check_causal_mask, check_decoder_layer, check_gemma_mlp,
+from paligemma.exercises import (check_causal_mask, check_decoder_layer, check_gemma_mlp,
                                  check_growing_cache, check_preallocated_cache, check_repeat_kv)
 from paligemma.masks import allowed_positions
 
-
-def not_written(*args, **kwargs):
-    raise NotImplementedError("Exercise: write your solution here")
-
-
-def assert_rejected(checker, candidate, *phrases):
-    with pytest.raises(ExerciseError) as caught:
-        checker(candidate)
-    message = str(caught.value)
-    for phrase in phrases:
-        assert phrase in message, message
+from exercise_helpers import assert_rejected, not_written
 
 
 def test_checkers_are_exported_from_their_topic_modules():

@@ -12,7 +12,7 @@ from paligemma.exercises import (check_checkpoint_key_to_ours, check_patchify, c
 from paligemma.modeling_paligemma import checkpoint_key_to_ours
 from paligemma.sampling import filter_logits
 from paligemma.weights import file_header
-from test_exercise_checkers_03_05 import assert_rejected, not_written  # the same two helpers
+from exercise_helpers import assert_rejected, not_written
 
 
 @pytest.mark.parametrize("checker", [check_patchify, check_prefix_lm_mask, check_top_k, check_top_p,
