@@ -84,7 +84,11 @@ class PaliGemmaForConditionalGeneration(nn.Module):
                 attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> dict:
-        """Returns {"logits", "kv_cache"} and "loss" when `labels` are given (-100 = not scored)."""
+        """Returns {"logits", "kv_cache"} and "loss" when `labels` are given (-100 = not scored).
+
+        Without `token_type_ids`, a call with an empty cache treats every token as prefix (bidirectional): to
+        recompute a prompt plus generated tokens in one call, pass `token_type_ids` with 1 on the generated part.
+        """
         language = self.language_model.model
         language._check_input_ids(input_ids)
         batch, length = input_ids.shape
