@@ -122,7 +122,8 @@ def _intensity_mistakes(out_features, in_features, tokens, bytes_per_number, flo
         "counts bits, not bytes: bytes_per_number is already in bytes": flops / moved / 8,
         "counts the weight bytes once per token; the point of a matmul over n tokens is that W is read once for "
         "all of them": flops / (tokens * weights + x + y),
-        "leaves out the tokens in the FLOPs: each of the n columns of x costs 2 x out x in FLOPs": flops / tokens / moved,
+        "leaves out the tokens in the FLOPs: each of the n columns of x costs 2 x out x in FLOPs":
+            flops / tokens / moved,
         "counts only the bytes of the weights; x is read and y is written too": flops / weights,
         "leaves out the bytes of y, which is written to memory too": flops / (weights + x),
         "leaves out the bytes of x, which is read too": flops / (weights + y),
@@ -201,7 +202,8 @@ def check_static_cache_write(static_cache_write: Callable) -> None:
         except ExerciseError:
             raise
         except Exception as error:
-            raise ExerciseError(f"{call} raised {type(error).__name__}: {str(error).rstrip('.')}. The buffers are (B, kv_heads, "
+            reason = str(error).rstrip(".")
+            raise ExerciseError(f"{call} raised {type(error).__name__}: {reason}. The buffers are (B, kv_heads, "
                                 "max_length, head_dim): the new tokens go along the time axis, dim 2") from error
         if not (isinstance(result, tuple | list) and len(result) == 2):
             raise ExerciseError(f"{call} should return the pair (key_buffer, value_buffer), "
