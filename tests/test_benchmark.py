@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from paligemma.benchmark import benchmark_config, decode_rate, format_table, main, make_inputs
+from paligemma.benchmark import benchmark_config, decode_rate, device_description, format_table, main, make_inputs
 
 pytest.importorskip("transformers")
 
@@ -24,10 +25,21 @@ def test_benchmark_cli_writes_table_and_json(tmp_path, capsys):
     assert report["decoder_parameters"] == 1024 * 64 + 2 * (64 * 16 * (4 + 1 + 1 + 4) + 3 * 64 * 128 + 2 * 64) + 64
     for name in report["results"]:
         assert name in table
-    assert "vs transformers" in table and "1 thread" in table and "1 threads" not in table
+    assert "vs transformers" in table
     if report["results"]["transformers (default)"]["decode_tokens_per_s"]:
         assert "1.00x" in table  # transformers' own row is the reference
     assert "Loading weights" not in captured.err
+
+
+def test_the_cpu_description_counts_threads_in_words():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert device_description(torch.device("cpu")).endswith(", 1 thread)")
+        torch.set_num_threads(2)
+        assert device_description(torch.device("cpu")).endswith(", 2 threads)")
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_decode_rate_lost_in_the_noise_is_unmeasurable():
