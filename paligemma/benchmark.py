@@ -7,6 +7,7 @@ Every number comes from this one run on this one machine, so the ratios are fair
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -92,12 +93,25 @@ def measure_all(candidates: dict[str, tuple[Callable[[int], object], int]], devi
     results = {}
     for name, (generate_n, n) in candidates.items():
         first, full = statistics.median(times[name][0]), statistics.median(times[name][1])
-        results[name] = {"prefill_ms": 1000 * first, "decode_tokens_per_s": (n - 1) / max(full - first, 1e-9)}
+        results[name] = {"prefill_ms": 1000 * first, "decode_tokens_per_s": decode_rate(times[name][0], full, n)}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             generate_n(n)
             results[name]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     return results
+
+
+def decode_rate(first_times: list[float], full: float, n: int) -> float | None:
+    """(n-1) tokens over the time they add to the first; None when that time is lost in the noise.
+
+    The noise is half the spread of the time-to-first-token runs (zero with one run): with few tokens
+    or repeats the difference can be tiny or negative, and dividing by it would give absurd rates.
+    """
+    first = statistics.median(first_times)
+    added = full - first
+    if added <= 0 or added <= (max(first_times) - min(first_times)) / 2:
+        return None
+    return (n - 1) / added
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -169,13 +183,29 @@ def run(config_name: str, device_name: str, dtype_name: str | None, new_tokens: 
     return report
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No "Loading weights" progress bar and no info/warning logs from transformers inside the block."""
+    from transformers.utils import logging
+
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def transformers_candidates(ours, inputs, new_tokens, device, dtype) -> dict:
     """The same weights in transformers (saved by us, loaded by it), default and static-cache generate."""
     import transformers
 
     hf_class = (transformers.PaliGemmaForConditionalGeneration if isinstance(ours, PaliGemmaForConditionalGeneration)
                 else transformers.GemmaForCausalLM)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, quiet_transformers():
         ours.save_pretrained(folder)
         theirs = hf_class.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
     hf_inputs = dict(inputs)
@@ -243,23 +273,32 @@ def load_peak_memory(config_name: str, device_name: str, dtype_name: str = "bflo
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 
 
 def format_table(report: dict) -> str:
+    """The report as a text table; a decode rate lost in the timing noise reads "unmeasurable"."""
     results = report["results"]
     reference = results.get("transformers (default)", {}).get("decode_tokens_per_s")
     lines = [f"{report['config']} on {report['device']}, {report['dtype']}, prompt {report['prompt_tokens']} tokens, "
              f"{report['new_tokens']} new tokens",
              f"{'implementation':34} {'prefill ms':>11} {'decode tok/s':>13} {'vs transformers':>16}"]
     for name, r in results.items():
-        ratio = f"{r['decode_tokens_per_s'] / reference:.2f}x" if reference else "-"
+        rate = r["decode_tokens_per_s"]
+        ratio = f"{rate / reference:.2f}x" if rate and reference else "-"
         memory = f"  peak {r['peak_memory_gb']:.2f} GB" if "peak_memory_gb" in r else ""
-        lines.append(f"{name:34} {r['prefill_ms']:11.1f} {r['decode_tokens_per_s']:13.1f} {ratio:>16}{memory}")
+        shown = f"{rate:13.1f}" if rate else f"{'unmeasurable':>13}"
+        lines.append(f"{name:34} {r['prefill_ms']:11.1f} {shown} {ratio:>16}{memory}")
     if "bandwidth_gb_per_s" in report:
         bound = report["bandwidth_bound_tokens_per_s"]
-        lines.append(f"memory bandwidth {report['bandwidth_gb_per_s']:.0f} GB/s -> bound {bound:.0f} tok/s; best "
-                     f"ours = {max(r['decode_tokens_per_s'] for n, r in results.items() if n.startswith('ours')) / bound:.0%} of it")
+        ours = [r["decode_tokens_per_s"] for n, r in results.items() if n.startswith("ours")]
+        ours = [rate for rate in ours if rate]
+        best = f"; best ours = {max(ours) / bound:.0%} of it" if ours else ""
+        lines.append(f"memory bandwidth {report['bandwidth_gb_per_s']:.0f} GB/s -> bound {bound:.0f} tok/s{best}")
+    if any(r["decode_tokens_per_s"] is None for r in results.values()):
+        lines.append("unmeasurable: generating the other tokens took no longer than the timing noise of the first; "
+                     "use more --new-tokens or --repeats")
     return "\n".join(lines)
 
 
