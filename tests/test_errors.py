@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_gemma, tiny_gemma_config
+from conftest import tiny_gemma_config
 from paligemma import GemmaConfig, GemmaForCausalLM, KVCache
 
 

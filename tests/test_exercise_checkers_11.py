@@ -5,7 +5,7 @@ import torch
 
 from paligemma import KVCache
 from paligemma.exercises import check_arithmetic_intensity, check_kv_cache_bytes, check_static_cache_write
-from test_exercise_checkers_03_05 import assert_rejected, not_written  # the shared stub and rejection helper
+from exercise_helpers import assert_rejected, not_written
 
 
 def test_checkers_are_exported_from_their_topic_module():

@@ -1,27 +1,21 @@
-"""`python -m paligemma.benchmark`: prefill and decode speed of this package against transformers, side by side.
-
-Random weights (nothing is downloaded); transformers gets the very same weights through save/load.
-Every number comes from this one run on this one machine, so the ratios are fair comparisons.
-"""
+"""Prefill and decode timing of ours and transformers on the same random weights, in one process."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
-import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 import torch
 
-from .configuration import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
-from .modeling_gemma import GemmaForCausalLM
-from .modeling_paligemma import PaliGemmaForConditionalGeneration
+from ..configuration import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from ..modeling_gemma import GemmaForCausalLM
+from ..modeling_paligemma import PaliGemmaForConditionalGeneration
+from .report import device_description
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROMPT_TEXT_TOKENS = 12  # <bos> + 11 prompt tokens after the image tokens, as in the reference figures
@@ -221,120 +215,3 @@ def transformers_candidates(ours, inputs, new_tokens, device, dtype) -> dict:
         candidates["transformers (static + compile)"] = (lambda n: theirs_n(n, cache_implementation="static"),
                                                         new_tokens)
     return candidates
-
-
-LOAD_PROBE = """
-import resource, sys, torch
-from paligemma import {cls}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model = {cls}.from_pretrained(sys.argv[1], dtype=torch.{dtype}, device=sys.argv[2])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-print((after - before) * 1024, cuda)
-"""
-
-
-def load_peak_memory(config_name: str, device_name: str, dtype_name: str = "bfloat16") -> dict:
-    """Save a checkpoint of the config, load it in a fresh process, and compare its peak memory to the file size.
-
-    Host memory is the growth of the process's peak resident set while `from_pretrained` runs; on a
-    GPU, the most device memory allocated. Weights are left uninitialised: only their size matters.
-    """
-    import subprocess
-
-    config, dtype = benchmark_config(config_name), DTYPES[dtype_name]
-    model_class = PaliGemmaForConditionalGeneration if isinstance(config, PaliGemmaConfig) else GemmaForCausalLM
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = model_class(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model = model.to_empty(device="cpu")
-    if isinstance(model, PaliGemmaForConditionalGeneration):
-        model.language_model.tie_weights()
-    else:
-        model.tie_weights()
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
-        del model
-        probe = LOAD_PROBE.format(cls=model_class.__name__, dtype=dtype_name)
-        out = subprocess.run([sys.executable, "-c", probe, folder, device_name], capture_output=True, text=True,
-                             check=True).stdout.split()
-    host, device = int(out[0]), int(out[1])
-    report = {"checkpoint_gb": size / 1e9, "host_peak_gb": host / 1e9, "host_peak_ratio": host / size}
-    if device:
-        report.update(device_peak_gb=device / 1e9, device_peak_ratio=device / size)
-    return report
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
-
-
-def format_table(report: dict) -> str:
-    """The report as a text table; a decode rate lost in the timing noise reads "unmeasurable"."""
-    results = report["results"]
-    reference = results.get("transformers (default)", {}).get("decode_tokens_per_s")
-    lines = [f"{report['config']} on {report['device']}, {report['dtype']}, prompt {report['prompt_tokens']} tokens, "
-             f"{report['new_tokens']} new tokens",
-             f"{'implementation':34} {'prefill ms':>11} {'decode tok/s':>13} {'vs transformers':>16}"]
-    for name, r in results.items():
-        rate = r["decode_tokens_per_s"]
-        ratio = f"{rate / reference:.2f}x" if rate and reference else "-"
-        memory = f"  peak {r['peak_memory_gb']:.2f} GB" if "peak_memory_gb" in r else ""
-        shown = f"{rate:13.1f}" if rate else f"{'unmeasurable':>13}"
-        lines.append(f"{name:34} {r['prefill_ms']:11.1f} {shown} {ratio:>16}{memory}")
-    if "bandwidth_gb_per_s" in report:
-        bound = report["bandwidth_bound_tokens_per_s"]
-        ours = [r["decode_tokens_per_s"] for n, r in results.items() if n.startswith("ours")]
-        ours = [rate for rate in ours if rate]
-        best = f"; best ours = {max(ours) / bound:.0%} of it" if ours else ""
-        lines.append(f"memory bandwidth {report['bandwidth_gb_per_s']:.0f} GB/s -> bound {bound:.0f} tok/s{best}")
-    if any(r["decode_tokens_per_s"] is None for r in results.values()):
-        lines.append("unmeasurable: generating the other tokens took no longer than the timing noise of the first; "
-                     "use more --new-tokens or --repeats")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paligemma.benchmark", description=__doc__)
-    parser.add_argument("--config", default="small", choices=["tiny", "small", "gemma-2b", "paligemma-3b"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default: 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept")
-    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers rows")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (compiling takes a while)")
-    parser.add_argument("--load-check", action="store_true",
-                        help="instead: peak memory of loading a checkpoint of this config, relative to its size")
-    parser.add_argument("--json", help="also write the report to this JSON file")
-    args = parser.parse_args(argv)
-    if args.new_tokens < 2:
-        parser.error("--new-tokens must be at least 2 (the first token measures prefill)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but PyTorch sees no CUDA GPU")
-    if args.load_check:
-        report = load_peak_memory(args.config, args.device, args.dtype or "bfloat16")
-        print(f"loading a {report['checkpoint_gb']:.2f} GB {args.config} checkpoint: host peak "
-              f"{report['host_peak_gb']:.2f} GB ({report['host_peak_ratio']:.2f}x its size)"
-              + (f", device peak {report['device_peak_gb']:.2f} GB ({report['device_peak_ratio']:.2f}x)"
-                 if "device_peak_gb" in report else ""))
-    else:
-        report = run(args.config, args.device, args.dtype, args.new_tokens, args.repeats,
-                     with_transformers=not args.no_transformers, with_compile=not args.no_compile)
-        print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

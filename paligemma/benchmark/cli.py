@@ -1,0 +1,47 @@
+"""Command line of the benchmark: speed side by side (default) or the load-memory check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from . import __doc__ as DESCRIPTION
+from .load_memory import load_peak_memory
+from .report import format_table
+from .speed import DTYPES, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paligemma.benchmark", description=DESCRIPTION)
+    parser.add_argument("--config", default="small", choices=["tiny", "small", "gemma-2b", "paligemma-3b"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default: 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (compiling takes a while)")
+    parser.add_argument("--load-check", action="store_true",
+                        help="instead: peak memory of loading a checkpoint of this config, relative to its size")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+    args = parser.parse_args(argv)
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (the first token measures prefill)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    if args.load_check:
+        report = load_peak_memory(args.config, args.device, args.dtype or "bfloat16")
+        print(f"loading a {report['checkpoint_gb']:.2f} GB {args.config} checkpoint: host peak "
+              f"{report['host_peak_gb']:.2f} GB ({report['host_peak_ratio']:.2f}x its size)"
+              + (f", device peak {report['device_peak_gb']:.2f} GB ({report['device_peak_ratio']:.2f}x)"
+                 if "device_peak_gb" in report else ""))
+    else:
+        report = run(args.config, args.device, args.dtype, args.new_tokens, args.repeats,
+                     with_transformers=not args.no_transformers, with_compile=not args.no_compile)
+        print(format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    return 0
