@@ -1,0 +1,57 @@
+"""python -m paligemma.nano train --out DIR [--steps N] | evaluate [--model DIR] [--n 200]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paligemma.nano", description="Train or evaluate PaliGemma-nano.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train on fresh synthetic scenes and save a checkpoint folder")
+    train.add_argument("--out", type=Path, required=True, help="folder for config.json, model.safetensors, "
+                       "tokenizer.json and training_runs.json")
+    train.add_argument("--steps", type=int, default=8000, help="optimiser steps (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=32, help="scenes per step (default: %(default)s)")
+    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    train.add_argument("--warmup", type=int, default=200, help="warm-up steps (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    train.add_argument("--init", type=Path, help="continue from this checkpoint folder instead of from scratch")
+    train.add_argument("--save-every", type=int, help="also save OUT/step-N every N steps")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    evaluate = commands.add_parser("evaluate", help="caption / detection / counting scores on held-out scenes")
+    evaluate.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped nano checkpoint)")
+    evaluate.add_argument("--n", type=int, default=200, help="held-out scenes (default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="which held-out set (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    for name in ("steps", "batch_size", "warmup", "save_every", "threads", "n"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    from . import evaluate as run_evaluation, load
+    from .training import train as run_training
+
+    if args.command == "train":
+        if args.init is not None and not (args.init / "config.json").is_file():
+            parser.error(f"--init {args.init} is not a checkpoint folder (no config.json)")
+        run_training(args.out, steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup=args.warmup,
+                     seed=args.seed, init=args.init, save_every=args.save_every)
+        print(f"saved to {args.out}")
+    else:
+        if args.model is not None and not (args.model / "config.json").is_file():
+            parser.error(f"--model {args.model} is not a checkpoint folder (no config.json)")
+        model, processor = load(args.model)
+        print(json.dumps(run_evaluation(model, processor, n=args.n, seed=args.seed), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
