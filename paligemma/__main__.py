@@ -1,6 +1,8 @@
 """Command line.
 
   python -m paligemma                      the decoder's architecture and a tiny random forward pass
+  python -m paligemma generate             the shipped PaliGemma-nano captions a freshly drawn scene
+  python -m paligemma generate --prompt "detect red circle"
   python -m paligemma generate --model DIR --image PATH --prompt "caption en"
                                            caption / answer / detect with a checkpoint folder, streamed
 """
@@ -65,6 +67,9 @@ def load_model(args: argparse.Namespace):
     from .weights import CheckpointError
 
     folder = args.model
+    if folder is None:  # the embedded default: PaliGemma-nano, trained on synthetic scenes
+        from .nano import load
+        return load(device=args.device)
     if not folder.is_dir():
         raise SystemExit(f"error: model folder {folder} does not exist (expected a PaliGemma checkpoint folder "
                          "with config.json, model.safetensors and tokenizer.json)")
@@ -80,14 +85,38 @@ def load_model(args: argparse.Namespace):
     return model, processor
 
 
+def draw_scene(args: argparse.Namespace):
+    """No --image: draw a nano scene (PaliGemma-nano has never seen it), save it as a PNG and say what is in it."""
+    import random
+
+    from .nano import make_scene
+    from .nano.training import HELD_OUT_SEEDS
+
+    seed = args.scene_seed if args.scene_seed is not None else HELD_OUT_SEEDS + random.SystemRandom().randrange(10**9)
+    scene = make_scene(seed)
+    try:
+        scene.image.save(args.save_scene)
+    except OSError as err:
+        raise SystemExit(f"error: cannot save the scene to {args.save_scene}: {err}") from None
+    boxes = "; ".join(f"{obj.name} at {list(obj.box)}" for obj in scene.objects)
+    print(f"drew scene {seed} (--scene-seed {seed} draws it again), saved to {args.save_scene}\n"
+          f"it holds {scene.caption} (boxes y_min, x_min, y_max, x_max in pixels: {boxes})")
+    return scene.image
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """Load a checkpoint, read the image, stream the answer to stdout."""
     from .generation import generate
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU")
-    image = load_image(args.image)
+    if args.image is not None:
+        image = load_image(args.image)
+    else:
+        image = draw_scene(args)
     model, processor = load_model(args)
+    if args.image is None:
+        print(f"prompt: {args.prompt}\nanswer: ", end="", flush=True)
     sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
     try:
         generate(model, processor, [image], [args.prompt], max_new_tokens=args.max_new_tokens, do_sample=sampling,
@@ -107,11 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="architecture + a tiny random forward pass (the default)").set_defaults(run=demo)
     gen = commands.add_parser("generate", help="run a PaliGemma checkpoint on an image and a prompt",
                               description="Caption, answer or detect: the answer is printed as it is generated.")
-    gen.add_argument("--model", type=Path, required=True,
-                     help="checkpoint folder: config.json, model.safetensors (or shards + index), tokenizer.json")
-    gen.add_argument("--image", type=Path, required=True, help="image file (any format Pillow reads)")
+    gen.add_argument("--model", type=Path,
+                     help="checkpoint folder: config.json, model.safetensors (or shards + index), tokenizer.json "
+                          "(default: the shipped PaliGemma-nano, trained on synthetic shapes)")
+    gen.add_argument("--image", type=Path,
+                     help="image file (any format Pillow reads); without it, a fresh nano scene is drawn and saved")
+    gen.add_argument("--scene-seed", type=int, help="without --image: which scene to draw (default: a random one)")
+    gen.add_argument("--save-scene", type=Path, default=Path("nano_scene.png"),
+                     help="without --image: where the drawn scene is saved (default: %(default)s)")
     gen.add_argument("--prompt", default="caption en",
-                     help='task prompt, e.g. "caption en", "answer en what is this?", "detect cat" (default: %(default)s)')
+                     help='task prompt, e.g. "caption en", "detect red circle", "answer en how many shapes?" (default: %(default)s)')
     gen.add_argument("--max-new-tokens", type=int, default=32, help="most tokens to generate (default: %(default)s)")
     gen.add_argument("--temperature", type=float, help="sample with this temperature instead of greedy decoding")
     gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this probability")

@@ -94,8 +94,9 @@ def train(out: str | Path | None = None, steps: int = 8000, batch_size: int = 32
             save(model, processor, Path(out) / f"step-{step + 1}", history + [run | {"steps_done": step + 1}])
     model.eval()
     if out is not None:
-        recent = losses[-report_every:]
-        save(model, processor, out, history + [run | {"final_loss": round(sum(recent) / len(recent), 5)}])
+        curve = [round(sum(losses[i:i + report_every]) / len(losses[i:i + report_every]), 5)
+                 for i in range(0, steps, report_every)]
+        save(model, processor, out, history + [run | {"report_every": report_every, "mean_losses": curve}])
     return model, processor, losses
 
 
