@@ -47,13 +47,22 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _mean_losses(losses: list[float], every: int) -> list[float]:
+    """The loss curve as saved and printed: the mean of each block of `every` steps."""
+    return [round(sum(losses[i:i + every]) / len(losses[i:i + every]), 5) for i in range(0, len(losses), every)]
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
 def _duration(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def train(out: str | Path | None = None, steps: int = 8000, batch_size: int = 32, peak_lr: float = 2e-3,
           warmup: int = 200, seed: int = 0, init: str | Path | None = None, report_every: int = 100,
-          save_every: int | None = None, log=print) -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor, list[float]]:
+          save_every: int | None = None, log=_print_now) -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor, list[float]]:
     """Train (from scratch, or continue from the checkpoint folder `init`); save to `out` if given.
 
     Deterministic for a given seed and thread count. Returns the model, its processor and the loss of every step.
@@ -86,17 +95,17 @@ def train(out: str | Path | None = None, steps: int = 8000, batch_size: int = 32
         losses.append(loss.item())
         if log is not None and ((step + 1) % report_every == 0 or step + 1 == steps):
             elapsed = time.perf_counter() - start
-            recent = sum(losses[-report_every:]) / len(losses[-report_every:])
             left = elapsed / (step + 1) * (steps - step - 1)
-            log(f"step {step + 1:>5}/{steps}  loss {recent:.4f}  lr {group['lr']:.2e}  "
-                f"elapsed {_duration(elapsed)}  left {_duration(left)}", flush=True)
+            log(f"step {step + 1:>5}/{steps}  loss {_mean_losses(losses, report_every)[-1]:.4f}  "
+                f"lr {group['lr']:.2e}  elapsed {_duration(elapsed)}  left {_duration(left)}")
         if out is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
-            save(model, processor, Path(out) / f"step-{step + 1}", history + [run | {"steps_done": step + 1}])
+            save(model, processor, Path(out) / f"step-{step + 1}", history + [
+                run | {"steps_done": step + 1, "report_every": report_every,
+                       "mean_losses": _mean_losses(losses, report_every)}])
     model.eval()
     if out is not None:
-        curve = [round(sum(losses[i:i + report_every]) / len(losses[i:i + report_every]), 5)
-                 for i in range(0, steps, report_every)]
-        save(model, processor, out, history + [run | {"report_every": report_every, "mean_losses": curve}])
+        save(model, processor, out,
+             history + [run | {"report_every": report_every, "mean_losses": _mean_losses(losses, report_every)}])
     return model, processor, losses
 
 
