@@ -139,3 +139,46 @@ def test_cli_default_draws_a_scene_and_answers_with_nano(tmp_path, capsys, promp
     assert printed.endswith(f"prompt: {prompt}\nanswer: {answer}\n")
     if prompt.startswith("detect"):
         parse_detections(answer, IMAGE_SIZE, IMAGE_SIZE)  # a detection answer is well formed (or empty)
+
+
+def run_nano_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "paligemma.nano", *args], capture_output=True, text=True)
+
+
+def test_train_refuses_a_folder_that_holds_files_and_keeps_them(tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"precious")
+    (out / "config.json").write_text("{}")
+    for extra in ([], ["--init", str(checkpoint_path())]):
+        result = run_nano_cli("train", "--out", str(out), "--steps", "1", "--batch-size", "2", *extra)
+        assert result.returncode == 2 and "already holds files" in result.stderr and "--force" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert (out / "model-00001-of-00002.safetensors").read_bytes() == b"precious"
+
+
+def test_train_checks_the_output_folder_is_writable_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    result = run_nano_cli("train", "--out", str(blocker / "sub"), "--steps", "1")
+    assert result.returncode == 2 and "--out" in result.stderr and "Traceback" not in result.stderr
+    result = run_nano_cli("train", "--out", str(blocker), "--steps", "1")
+    assert result.returncode == 2 and "not a folder" in result.stderr
+
+
+@pytest.mark.parametrize("lr", ["-1e-3", "nan", "inf", "0"])
+def test_train_rejects_impossible_learning_rates_up_front(tmp_path, lr):
+    result = run_nano_cli("train", "--out", str(tmp_path / "o"), f"--lr={lr}")
+    assert result.returncode == 2 and "--lr must be a positive, finite number" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing(tmp_path):
+    out = tmp_path / "o"
+    result = run_nano_cli("train", "--out", str(out), "--lr", "1e30", "--steps", "5", "--batch-size", "2",
+                          "--warmup", "0", "--threads", "1")
+    assert result.returncode == 1, result.stderr
+    assert "loss became nan" in result.stderr.lower() and "Traceback" not in result.stderr
+    assert not (out / "model.safetensors").exists()

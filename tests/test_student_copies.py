@@ -62,3 +62,35 @@ def test_a_student_copy_runs_and_its_checkers_say_what_is_missing(tmp_path):
     for out in errors.values():
         assert out.ename == "ExerciseError"
         assert "is not implemented yet" in out.evalue
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_links_to_the_instructor_notebooks_are_refused_and_nothing_is_lost(tmp_path, link):
+    """`cp -al notebooks/*.ipynb DST` then the tool: writing through the links would destroy the solutions."""
+    course = tmp_path / "course"
+    course.mkdir()
+    name = "03_grouped_query_attention.ipynb"
+    (course / name).write_bytes((NOTEBOOK_DIR / name).read_bytes())
+    before = (course / name).read_bytes()
+    dst = tmp_path / "students"
+    dst.mkdir()
+    (dst / name).hardlink_to(course / name) if link == "hard" else (dst / name).symlink_to(course / name)
+    result = subprocess.run([sys.executable, "-m", "paligemma.exercises", "student", str(course), str(dst)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "same file as the instructor notebook" in result.stderr and "Traceback" not in result.stderr
+    assert (course / name).read_bytes() == before  # the solutions are still there
+
+
+def test_a_link_to_another_file_is_replaced_not_written_through(tmp_path):
+    course, dst = tmp_path / "course", tmp_path / "students"
+    course.mkdir(), dst.mkdir()
+    name = "03_grouped_query_attention.ipynb"
+    (course / name).write_bytes((NOTEBOOK_DIR / name).read_bytes())
+    elsewhere = tmp_path / "keep.txt"
+    elsewhere.write_text("not a notebook")
+    (dst / name).symlink_to(elsewhere)
+    subprocess.run([sys.executable, "-m", "paligemma.exercises", "student", str(course), str(dst)], check=True,
+                   capture_output=True)
+    assert elsewhere.read_text() == "not a notebook"
+    assert not (dst / name).is_symlink() and BEGIN not in (dst / name).read_text()

@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the output folder must differ from the source: student copies would overwrite the solutions")
     try:
         written = write_student_copies(args.source, args.outdir)
-    except (FileNotFoundError, ValueError) as error:  # no notebooks, or unbalanced solution markers
+    except (FileNotFoundError, ValueError) as error:  # no notebooks, unbalanced markers, a link to a source
         parser.error(str(error))
+    except OSError as error:  # e.g. an output folder that cannot be written
+        parser.error(f"cannot write the student copies to {args.outdir}: {error}")
     for path, n_solutions in written:
         print(f"{path}: {n_solutions} solution block(s) replaced")
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -45,16 +47,48 @@ def student_notebook(notebook: dict) -> tuple[dict, int]:
     return notebook, total
 
 
+def refuse_overwriting_sources(sources: list[Path], outdir: Path) -> None:
+    """Stop before writing if any target is (a link to) one of the instructor notebooks.
+
+    A hard link or symlink in the output folder shares the file with the source: writing through
+    it would replace the solutions by the student copy. `os.path.samefile` sees both kinds.
+    """
+    for path in sources:
+        for candidate in outdir.glob("*.ipynb"):
+            if candidate.exists() and os.path.samefile(candidate, path):
+                raise ValueError(f"{candidate} is the same file as the instructor notebook {path} (a hard link or "
+                                 "symlink): writing the student copy there would destroy the solutions; remove it "
+                                 "or choose another output folder")
+
+
+def write_new_file(target: Path, text: str) -> None:
+    """Write `text` to a fresh file beside `target`, then rename it into place.
+
+    The rename replaces a link at `target` by the new file instead of writing through it to
+    whatever the link points at.
+    """
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def write_student_copies(source: Path, outdir: Path) -> list[tuple[Path, int]]:
     """Write a student copy of every notebook in `source` to `outdir`; same input gives the same bytes."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in sorted(Path(source).glob("*.ipynb")):
-        notebook, count = student_notebook(json.loads(path.read_text()))
-        target = outdir / path.name
-        target.write_text(json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-        written.append((target, count))
-    if not written:
+    sources = sorted(Path(source).glob("*.ipynb"))
+    if not sources:
         raise FileNotFoundError(f"no .ipynb notebooks in {source}")
+    outdir.mkdir(parents=True, exist_ok=True)
+    refuse_overwriting_sources(sources, outdir)
+    copies = [(path, *student_notebook(json.loads(path.read_text()))) for path in sources]  # all parsed first
+    written = []
+    for path, notebook, count in copies:
+        target = outdir / path.name
+        write_new_file(target, json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+        written.append((target, count))
     (outdir.parent / "figures").mkdir(exist_ok=True)  # the notebooks save their figures to ../figures
     return written

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--init", type=Path, help="continue from this checkpoint folder instead of from scratch")
     train.add_argument("--save-every", type=int, help="also save OUT/step-N every N steps")
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--force", action="store_true",
+                       help="write into --out even if it already holds files (they are replaced)")
     evaluate = commands.add_parser("evaluate", help="caption / detection / counting scores on held-out scenes")
     evaluate.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped nano checkpoint)")
     evaluate.add_argument("--n", type=int, default=200, help="held-out scenes (default: %(default)s)")
@@ -34,16 +38,26 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.command == "train" and not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive, finite number, got {args.lr}")
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     from . import evaluate as run_evaluation, load
-    from .training import train as run_training
+    from .training import TrainingDiverged, train as run_training
 
     if args.command == "train":
         if args.init is not None and not (args.init / "config.json").is_file():
             parser.error(f"--init {args.init} is not a checkpoint folder (no config.json)")
-        run_training(args.out, steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup=args.warmup,
-                     seed=args.seed, init=args.init, save_every=args.save_every)
+        try:
+            prepare_output_folder(args.out, args.force)
+        except (FileExistsError, OSError) as error:
+            parser.error(str(error))
+        try:
+            run_training(args.out, steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup=args.warmup,
+                         seed=args.seed, init=args.init, save_every=args.save_every)
+        except TrainingDiverged as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print(f"saved to {args.out}")
     else:
         if args.model is not None and not (args.model / "config.json").is_file():
@@ -51,6 +65,22 @@ def main(argv: list[str] | None = None) -> int:
         model, processor = load(args.model)
         print(json.dumps(run_evaluation(model, processor, n=args.n, seed=args.seed), indent=2))
     return 0
+
+
+def prepare_output_folder(out: Path, force: bool) -> None:
+    """Refuse a folder that already holds files (unless --force), and prove it is writable before training."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"--out {out} already holds files (a checkpoint?); training would replace them. "
+                              "Choose a new folder, or pass --force to replace its checkpoint")
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as error:
+        raise OSError(f"--out {out} is not writable: {error.strerror or error}") from None
+    probe.unlink()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ from .scenes import IMAGE_SIZE, make_scene
 from .tasks import sample_task
 from .tokenizer import build_tokenizer
 
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite (a learning rate far too high, usually); nothing was saved."""
+
+
 HELD_OUT_SEEDS = 10**9  # training draws scene seeds below this; evaluation uses seeds from here on
 
 
@@ -67,6 +71,11 @@ def train(out: str | Path | None = None, steps: int = 8000, batch_size: int = 32
 
     Deterministic for a given seed and thread count. Returns the model, its processor and the loss of every step.
     """
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("report_every", report_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(peak_lr, (int, float)) and math.isfinite(peak_lr) and peak_lr > 0):
+        raise ValueError(f"peak_lr must be a positive, finite number, got {peak_lr!r}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     if init is not None:
@@ -88,6 +97,9 @@ def train(out: str | Path | None = None, steps: int = 8000, batch_size: int = 32
             group["lr"] = learning_rate(step, steps, peak_lr, warmup)
         batch = training_batch(processor, rng, batch_size)
         loss = model(**batch)["loss"]  # cross-entropy over the answer tokens only (labels are -100 elsewhere)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1} (learning rate "
+                                   f"{group['lr']:.3g}); training stopped and the final checkpoint was not written. Try a smaller learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
