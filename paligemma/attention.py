@@ -60,31 +60,41 @@ class GemmaAttention(nn.Module):
                 cache_position: torch.Tensor | None = None) -> torch.Tensor:
         """`cache_position` (T,) writes K/V at those cache slots (fixed shapes, for compiled decoding)."""
         batch, length, _ = hidden_states.shape
-        # (B, T, hidden) -> (B, T, heads, d) -> (B, heads, T, d)
-        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-
+        query, key, value = self.project(hidden_states)  # (B, heads, T, d), (B, kv_heads, T, d) x 2
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         if kv_cache is not None and cache_position is None:  # key, value: (B, kv_heads, past + T, d)
             key, value = kv_cache.update(key, value, self.layer_idx)
         elif kv_cache is not None:  # key, value: (B, kv_heads, max_length, d), the whole preallocated buffer
             key, value = kv_cache.update(key, value, self.layer_idx, cache_position)
-
-        dropout = self.attention_dropout if self.training else 0.0
-        if self.attn_implementation == "eager":
-            key, value = repeat_kv(key, self.num_key_value_groups), repeat_kv(value, self.num_key_value_groups)
-            if dropout:
-                raise NotImplementedError("attention dropout is only supported with attn_implementation='sdpa'")
-            output, weights = eager_attention(query, key, value, attention_mask, self.scaling)
-            self.last_attention_weights = weights if self.keep_attention_weights else None
-        else:
-            gqa = {"enable_gqa": self.num_key_value_groups > 1}
-            if not _SDPA_HAS_GQA:
-                key, value = repeat_kv(key, self.num_key_value_groups), repeat_kv(value, self.num_key_value_groups)
-                gqa = {}
-            output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
-                                                    scale=self.scaling, **gqa)
+        output = self.attend(query, key, value, attention_mask)  # (B, heads, T, d)
         output = output.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, H*d)
         return self.o_proj(output)
+
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, hidden) -> queries (B, heads, T, d) and keys, values (B, kv_heads, T, d)."""
+        batch, length, _ = hidden_states.shape
+
+        def heads(x, n):  # (B, T, n*d) -> (B, T, n, d) -> (B, n, T, d)
+            return x.view(batch, length, n, self.head_dim).transpose(1, 2)
+
+        return (heads(self.q_proj(hidden_states), self.num_heads), heads(self.k_proj(hidden_states), self.num_kv_heads),
+                heads(self.v_proj(hidden_states), self.num_kv_heads))
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(Q K^T * scale + mask) V over the grouped K/V heads, eagerly or with fused SDPA."""
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.attn_implementation == "eager":
+            if dropout:
+                raise NotImplementedError("attention dropout is only supported with attn_implementation='sdpa'")
+            key, value = repeat_kv(key, self.num_key_value_groups), repeat_kv(value, self.num_key_value_groups)
+            output, weights = eager_attention(query, key, value, attention_mask, self.scaling)
+            self.last_attention_weights = weights if self.keep_attention_weights else None
+            return output
+        gqa = {"enable_gqa": self.num_key_value_groups > 1}
+        if not _SDPA_HAS_GQA:
+            key, value = repeat_kv(key, self.num_key_value_groups), repeat_kv(value, self.num_key_value_groups)
+            gqa = {}
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                              scale=self.scaling, **gqa)

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import torch
 
-from .kv_cache import KVCache
 from .sampling import check_sampling_arguments, filter_logits, next_tokens
 from .static_decoding import default_compile_options, generate_static
 
-__all__ = ["generate", "generate_tokens", "filter_logits", "next_tokens", "check_sampling_arguments", "cut_at_eos"]
+__all__ = ["generate", "generate_tokens", "filter_logits", "next_tokens", "check_sampling_arguments", "cut_at_eos",
+           "eos_token_list"]
 
 _FROM_CONFIG = object()  # sentinel: "use the model config's eos_token_id"
 
@@ -33,9 +33,12 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     text_config = getattr(model.config, "text_config", model.config)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a (batch, seq_len) tensor of token ids, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
     if eos_token_id is _FROM_CONFIG:
         eos_token_id = text_config.eos_token_id
-    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
+    eos_ids = torch.tensor(eos_token_list(eos_token_id, text_config.vocab_size), dtype=torch.long,
                            device=input_ids.device)
     pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
     model_inputs = {"input_ids": input_ids}
@@ -59,7 +62,9 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
     if bool(attention_mask.all()):  # no padding: decode steps need no mask at all
         attention_mask = None
 
-    kv_cache, finished, new_tokens = KVCache(), torch.zeros(batch, dtype=torch.bool, device=input_ids.device), []
+    language_model = getattr(model, "language_model", model)
+    kv_cache = language_model.new_kv_cache()  # Gemma 2 / 3: local layers keep only their window
+    finished, new_tokens = torch.zeros(batch, dtype=torch.bool, device=input_ids.device), []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             logits = model(**model_inputs, attention_mask=attention_mask, kv_cache=kv_cache,
@@ -76,6 +81,16 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
             model_inputs = {"input_ids": tokens[:, None]}  # the cache holds everything before
     return torch.stack(new_tokens, dim=1)
+
+
+def eos_token_list(eos_token_id, vocab_size: int) -> list[int]:
+    """None, an id, or a list/tuple of ids -> a list of ids; anything else is a ValueError naming it."""
+    ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+    if isinstance(eos_token_id, bool) or not isinstance(ids, (list, tuple)) \
+            or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"eos_token_id must be None, a token id in [0, {vocab_size}) or a list of them, got "
+                         f"{eos_token_id!r}")
+    return list(ids)
 
 
 def generate(model, processor, images, prompts, max_new_tokens: int = 32, do_sample: bool = False,

@@ -28,7 +28,10 @@ class KVCache:
         self.lengths: list[int] = []  # tokens stored per layer
 
     def num_items(self) -> int:
-        """Number of tokens stored (the sequence length seen by layer 0), 0 when empty."""
+        """Number of tokens seen (the same in every layer between forward passes), 0 when empty."""
+        if len(set(self.lengths)) > 1:
+            raise ValueError(f"KVCache layers disagree on how many tokens they hold ({self.lengths}): a forward pass "
+                             "was interrupted, or layers were updated one by one; start from a fresh KVCache()")
         return self.lengths[0] if self.lengths else 0
 
     def __len__(self) -> int:
@@ -60,18 +63,11 @@ class KVCache:
         full (B, kv_heads, max_length, d) buffers, a fixed shape that torch.compile / CUDA graphs can replay.
         """
         if cache_position is not None:
-            if self.max_length is None or layer_idx >= len(self.key_cache):
-                raise ValueError("KVCache.update with cache_position needs a preallocated cache "
-                                 "(KVCache(max_length=...)) whose layer was already filled by a prefill")
+            self._check_slots(layer_idx, cache_position)
             self.key_cache[layer_idx].index_copy_(2, cache_position, key_states)
             self.value_cache[layer_idx].index_copy_(2, cache_position, value_states)
             return self.key_cache[layer_idx], self.value_cache[layer_idx]
-        if key_states.shape != value_states.shape or key_states.dim() != 4:
-            raise ValueError(f"KVCache.update expects keys and values of the same 4-D shape (B, kv_heads, T, d), "
-                             f"got {tuple(key_states.shape)} and {tuple(value_states.shape)}")
-        if layer_idx > len(self.key_cache) or layer_idx < 0:
-            raise ValueError(f"KVCache.update: layer {layer_idx} written before layer {len(self.key_cache)}; "
-                             "layers must be filled in order")
+        self._check_new(key_states, value_states, layer_idx)
         new = key_states.shape[2]
         if layer_idx == len(self.key_cache):  # first call for this layer
             capacity = self.max_length if self.max_length is not None else max(new, 16)
@@ -79,11 +75,8 @@ class KVCache:
             self.key_cache.append(self._allocate(key_states, capacity))
             self.value_cache.append(self._allocate(value_states, capacity))
             self.lengths.append(0)
+        self._check_fits(layer_idx, key_states)
         keys, values = self.key_cache[layer_idx], self.value_cache[layer_idx]
-        if keys.shape[0] != key_states.shape[0] or keys.shape[1] != key_states.shape[1] \
-                or keys.shape[3] != key_states.shape[3]:
-            raise ValueError(f"KVCache layer {layer_idx} holds (B, kv_heads, *, d) = {tuple(keys.shape)}; "
-                             f"cannot append {tuple(key_states.shape)}")
         length = self.lengths[layer_idx]
         if length + new > keys.shape[2]:
             self._check_room(length + new, keys.shape[2])
@@ -94,6 +87,32 @@ class KVCache:
         values[:, :, length:length + new] = value_states
         self.lengths[layer_idx] = length + new
         return keys[:, :, :length + new], values[:, :, :length + new]
+
+    def _check_new(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int) -> None:
+        if key_states.shape != value_states.shape or key_states.dim() != 4:
+            raise ValueError(f"KVCache.update expects keys and values of the same 4-D shape (B, kv_heads, T, d), "
+                             f"got {tuple(key_states.shape)} and {tuple(value_states.shape)}")
+        if layer_idx > len(self.key_cache) or layer_idx < 0:
+            raise ValueError(f"KVCache.update: layer {layer_idx} written before layer {len(self.key_cache)}; "
+                             "layers must be filled in order")
+
+    def _check_fits(self, layer_idx: int, key_states: torch.Tensor) -> None:
+        keys = self.key_cache[layer_idx]
+        if keys.shape[0] != key_states.shape[0] or keys.shape[1] != key_states.shape[1] \
+                or keys.shape[3] != key_states.shape[3]:
+            raise ValueError(f"KVCache layer {layer_idx} holds (B, kv_heads, *, d) = {tuple(keys.shape)}; "
+                             f"cannot append {tuple(key_states.shape)}")
+
+    def _check_slots(self, layer_idx: int, cache_position: torch.Tensor) -> None:
+        """Static writes need a preallocated, prefilled layer, and (checked on the CPU, where it costs no
+        device sync, outside compilation) positions inside the buffer."""
+        if self.max_length is None or layer_idx >= len(self.key_cache):
+            raise ValueError("KVCache.update with cache_position needs a preallocated cache "
+                             "(KVCache(max_length=...)) whose layer was already filled by a prefill")
+        if cache_position.device.type == "cpu" and not torch.compiler.is_compiling() and cache_position.numel() \
+                and (int(cache_position.min()) < 0 or int(cache_position.max()) >= self.max_length):
+            raise ValueError(f"KVCache.update: cache_position {cache_position.tolist()} is outside the preallocated "
+                             f"max_length={self.max_length}")
 
     def _check_room(self, needed: int, capacity: int) -> None:
         if self.max_length is not None and needed > self.max_length:

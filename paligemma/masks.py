@@ -5,6 +5,21 @@ from __future__ import annotations
 import torch
 
 
+def causal_positions(query_length: int, past_length: int, device=None) -> torch.Tensor:
+    """(T, S) booleans: key j is at or before query i's own position past_length + i."""
+    query_pos = torch.arange(past_length, past_length + query_length, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(past_length + query_length, device=device)[None, :]  # (1, S)
+    return key_pos <= query_pos
+
+
+def prefix_pairs(bidirectional: torch.Tensor, past_length: int) -> torch.Tensor:
+    """(B, T) prefix flags of this chunk -> (B, T, S) booleans, True where query and key are both prefix."""
+    prefix = bidirectional.bool()
+    both_prefix = prefix[:, :, None] & prefix[:, None, :]  # (B, T, T) among this chunk's tokens
+    cached = both_prefix.new_zeros(prefix.shape[0], prefix.shape[1], past_length)  # earlier chunks: causal only
+    return torch.cat((cached, both_prefix), dim=-1)
+
+
 def allowed_positions(query_length: int, past_length: int, attention_mask: torch.Tensor | None = None,
                       bidirectional: torch.Tensor | None = None, batch_size: int = 1,
                       device: torch.device | str | None = None) -> torch.Tensor:
@@ -16,14 +31,9 @@ def allowed_positions(query_length: int, past_length: int, attention_mask: torch
       in both directions (PaliGemma's prefix-LM: image + prompt are read as a whole).
     """
     key_length = past_length + query_length
-    query_pos = torch.arange(past_length, key_length, device=device)[:, None]  # (T, 1)
-    key_pos = torch.arange(key_length, device=device)[None, :]  # (1, S)
-    allowed = (key_pos <= query_pos).expand(batch_size, query_length, key_length)  # (B, T, S)
+    allowed = causal_positions(query_length, past_length, device).expand(batch_size, query_length, key_length)
     if bidirectional is not None:
-        prefix = bidirectional.bool()
-        both_prefix = prefix[:, :, None] & prefix[:, None, :]  # (B, T, T) among this chunk's tokens
-        pad_left = both_prefix.new_zeros(batch_size, query_length, past_length)
-        allowed = allowed | torch.cat((pad_left, both_prefix), dim=-1)
+        allowed = allowed | prefix_pairs(bidirectional, past_length)
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, :]  # (B, 1, S) hides padded keys
     return allowed

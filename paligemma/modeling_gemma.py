@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,13 +12,14 @@ from torch import nn
 from .attention import GemmaAttention
 from .configuration import GemmaConfig
 from .kv_cache import KVCache
+from .loss import IGNORE_INDEX, causal_lm_loss, check_logits_to_keep
 from .masks import additive_mask, allowed_positions
 from .rmsnorm import GemmaRMSNorm
 from .rope import GemmaRotaryEmbedding
 from .weights import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["GemmaConfig", "KVCache", "GemmaMLP", "GemmaDecoderLayer", "GemmaModel", "GemmaForCausalLM"]
-
+__all__ = ["GemmaConfig", "KVCache", "GemmaMLP", "GemmaDecoderLayer", "GemmaModel", "GemmaForCausalLM",
+           "causal_lm_loss", "IGNORE_INDEX"]
 
 class GemmaMLP(nn.Module):
     r"""Gated feed-forward: $\mathrm{down}(\mathrm{gelu_{tanh}}(\mathrm{gate}(x)) \odot \mathrm{up}(x))$."""
@@ -35,9 +37,12 @@ class GemmaMLP(nn.Module):
 class GemmaDecoderLayer(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x)): normalise before each block, add the result back."""
 
+    attention_class = GemmaAttention
+
     def __init__(self, config: GemmaConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = GemmaAttention(config, layer_idx)
+        self.attention_type = config.layer_attention_types[layer_idx]  # "full_attention" in Gemma 1
+        self.self_attn = self.attention_class(config, layer_idx)
         self.mlp = GemmaMLP(config)
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -51,11 +56,13 @@ class GemmaDecoderLayer(nn.Module):
 class GemmaModel(nn.Module):
     """Token embeddings -> N decoder layers -> final RMSNorm. Returns hidden states (B, T, hidden)."""
 
+    layer_class = GemmaDecoderLayer
+
     def __init__(self, config: GemmaConfig):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(GemmaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = GemmaRotaryEmbedding(config.head_dim, config.rope_theta)
 
@@ -72,9 +79,10 @@ class GemmaModel(nn.Module):
         if input_ids is not None:
             self._check_input_ids(input_ids)
             inputs_embeds = self.embed(input_ids)
-        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+        elif not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 \
+                or inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), "
-                             f"got {tuple(inputs_embeds.shape)}")
+                             f"got {tuple(getattr(inputs_embeds, 'shape', ())) or type(inputs_embeds).__name__}")
         batch, length, _ = inputs_embeds.shape
         past = kv_cache.num_items() if kv_cache is not None else 0
         if length == 0:
@@ -89,18 +97,32 @@ class GemmaModel(nn.Module):
             raise ValueError(f"bidirectional must have shape ({batch}, {length}), got {tuple(bidirectional.shape)}")
         position_ids = self._position_ids(position_ids, attention_mask, batch, past, length, inputs_embeds.device)
 
-        mask = None  # one decode step with no padding may attend to everything: no mask at all
+        allowed = None  # one decode step with no padding may attend to everything: no mask at all
         if attention_mask is not None or bidirectional is not None or length > 1:
             allowed = allowed_positions(length, past, attention_mask, bidirectional, batch, inputs_embeds.device)
-            mask = additive_mask(allowed, inputs_embeds.dtype)  # (B, 1, T, past + T)
-
-        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)  # cos, sin: (B, T, head_dim)
         hidden_states = inputs_embeds
-        for layer in self.layers:
+        inputs = self.layer_inputs(hidden_states, position_ids, allowed, past, bidirectional)
+        for layer, (position_embeddings, mask) in zip(self.layers, inputs):
             hidden_states = layer(hidden_states, position_embeddings, mask, kv_cache)
         return self.norm(hidden_states)
 
-    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
+    def layer_inputs(self, hidden_states, position_ids, allowed, past_length, bidirectional) -> list[tuple]:
+        """Per layer: (cos, sin) and the additive mask (B, 1, T, S). In Gemma 1 every layer gets the same."""
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)  # cos, sin: (B, T, head_dim)
+        mask = None if allowed is None else additive_mask(allowed, hidden_states.dtype)
+        return [(position_embeddings, mask)] * len(self.layers)
+
+    def decode_layer_inputs(self, hidden_states, position_ids, cache_position, key_mask) -> list[tuple]:
+        """The same for one new token per row over a preallocated cache of L slots (notebook 11's static decoding):
+        slots after `cache_position` are not written yet, and key_mask (B, L) is False at padding."""
+        slots = torch.arange(key_mask.shape[1], device=hidden_states.device)
+        allowed = (slots <= cache_position)[None, None, :] & key_mask[:, None, :]  # (B, 1, L)
+        return self.layer_inputs(hidden_states, position_ids, allowed, None, None)
+
+    def _check_input_ids(self, input_ids) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError(f"input_ids must be a torch tensor of token ids with shape (batch, seq_len), got a "
+                             f"{type(input_ids).__name__} (use torch.tensor([[...]]))")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}"
                              + ("; add a batch axis with input_ids[None]" if input_ids.dim() == 1 else ""))
@@ -125,25 +147,53 @@ class GemmaModel(nn.Module):
 class GemmaForCausalLM(nn.Module):
     """GemmaModel + lm_head tied to the embedding table: hidden states -> next-token logits."""
 
+    config_class = GemmaConfig
+    model_class = GemmaModel
+    generations: ClassVar[dict[type, type]] = {}  # config class -> causal LM class, filled by subclasses
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        GemmaForCausalLM.generations[cls.config_class] = cls
+
     def __init__(self, config: GemmaConfig):
         super().__init__()
+        if type(config) is not self.config_class:
+            raise TypeError(f"{type(self).__name__} builds a {self.config_class.__name__} model, got a "
+                            f"{type(config).__name__}: use GemmaForCausalLM.for_config(config), which picks the class")
         self.config = config
-        self.model = GemmaModel(config)
+        self.model = self.model_class(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.apply(init_weights)
         self.tie_weights()
 
+    @classmethod
+    def for_config(cls, config: GemmaConfig) -> GemmaForCausalLM:
+        """The causal LM of the config's generation: GemmaConfig -> GemmaForCausalLM, Gemma2Config -> Gemma2..."""
+        return GemmaForCausalLM.generations[type(config)](config)
+
     def tie_weights(self) -> None:
         self.lm_head.weight = self.model.embed_tokens.weight
 
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, hidden) -> next-token scores (B, T, vocab)."""
+        return self.lm_head(hidden_states)
+
+    def new_kv_cache(self, max_length: int | None = None) -> KVCache:
+        """An empty cache for this model (Gemma 2 and 3 keep only a window in their local layers)."""
+        return KVCache(max_length=max_length)
+
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                kv_cache: KVCache | None = None, logits_to_keep: int = 0) -> dict:
-        """Returns {"logits": (B, T, vocab), "kv_cache": the cache}; `logits_to_keep=n` keeps the last n only."""
+                kv_cache: KVCache | None = None, logits_to_keep: int = 0, labels: torch.Tensor | None = None) -> dict:
+        """{"logits": (B, T, vocab), "kv_cache"}; "loss" with `labels`; `logits_to_keep=n` keeps the last n only."""
+        check_logits_to_keep(logits_to_keep, labels)
         hidden = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                             position_ids=position_ids, kv_cache=kv_cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return {"logits": self.lm_head(hidden), "kv_cache": kv_cache}
+        out = {"logits": self.logits(hidden), "kv_cache": kv_cache}
+        if labels is not None:
+            out["loss"] = causal_lm_loss(out["logits"], labels)
+        return out
 
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
         """Token-level decoding; see `paligemma.generation.generate_tokens` for the arguments."""
@@ -153,13 +203,17 @@ class GemmaForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: torch.device | str | None = None, attn_implementation: str | None = None):
-        """Load a Hugging Face Gemma checkpoint folder (config.json + safetensors), e.g. google/gemma-2b."""
+        """Load a Hugging Face checkpoint folder of any Gemma generation (config.json + safetensors)."""
         config = GemmaConfig.from_pretrained(path)
         if attn_implementation is not None:
             config.attn_implementation = attn_implementation
             config.__post_init__()
+        target = GemmaForCausalLM.generations[type(config)]
+        if not issubclass(target, cls):
+            raise ValueError(f"{path} holds a {config.model_type!r} model; load it with GemmaForCausalLM."
+                             f"from_pretrained (or {target.__name__})")
         with torch.device("meta"):
-            model = cls(config)
+            model = target(config)
         load_checkpoint(model, path, rename=lambda key: key, optional={"lm_head.weight"}, dtype=dtype, device=device)
         return model._finish_loading()
 
@@ -180,6 +234,9 @@ class GemmaForCausalLM(nn.Module):
         config = self.config.to_hf_dict()
         config["dtype"] = str(self.model.embed_tokens.weight.dtype).removeprefix("torch.")
         save_checkpoint(state, config, path, max_shard_size)
+
+
+GemmaForCausalLM.generations[GemmaConfig] = GemmaForCausalLM
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

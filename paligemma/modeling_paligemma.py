@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .configuration import PaliGemmaConfig
 from .kv_cache import KVCache
+from .loss import IGNORE_INDEX, causal_lm_loss, check_logits_to_keep
 from .modeling_gemma import GemmaForCausalLM, init_weights
 from .modeling_siglip import SiglipVisionModel
 from .weights import load_checkpoint, save_checkpoint
 
-IGNORE_INDEX = -100  # label value that the loss skips (prefix and padding positions)
+__all__ = ["PaliGemmaMultiModalProjector", "PaliGemmaForConditionalGeneration", "IGNORE_INDEX",
+           "causal_lm_loss", "checkpoint_key_to_ours"]
 
 # Checkpoint key prefixes of the three layouts in circulation -> ours (the first match wins).
 _KEY_PREFIXES = (
@@ -55,7 +56,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         self.config = config
         self.vision_tower = SiglipVisionModel(config.vision_config)
         self.multi_modal_projector = PaliGemmaMultiModalProjector(config)
-        self.language_model = GemmaForCausalLM(config.text_config)
+        self.language_model = GemmaForCausalLM.for_config(config.text_config)  # Gemma 2 in PaliGemma 2
         self.vision_tower.apply(init_weights)
         self.multi_modal_projector.apply(init_weights)
 
@@ -67,18 +68,37 @@ class PaliGemmaForConditionalGeneration(nn.Module):
                              pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Write image features, in order, over the embeddings of the `<image>` tokens."""
         image_positions = input_ids == self.config.image_token_index  # (B, T)
-        n_image_tokens = int(image_positions.sum())
-        if n_image_tokens == 0:
+        per_row = image_positions.sum(-1).tolist()
+        if not any(per_row):
+            if pixel_values is not None:
+                raise ValueError("pixel_values were given but input_ids hold no <image> token: the prompt must start "
+                                 f"with {self.config.num_image_tokens} <image> tokens per image (the processor "
+                                 "writes them)")
             return inputs_embeds
         if pixel_values is None:
-            raise ValueError(f"input_ids hold {n_image_tokens} <image> tokens but no pixel_values were given")
+            raise ValueError(f"input_ids hold {sum(per_row)} <image> tokens but no pixel_values were given")
+        check_pixel_values(pixel_values)
+        if len(set(per_row)) > 1:
+            raise ValueError(f"rows of input_ids hold different numbers of <image> tokens ({per_row}): every row "
+                             f"needs {self.config.num_image_tokens} per image")
         features = self.get_image_features(pixel_values)  # (B_img, N, D)
         n_features = features.shape[0] * features.shape[1]
-        if n_features != n_image_tokens:
-            raise ValueError(f"the prompt has {n_image_tokens} <image> tokens but the images give {n_features} "
+        if n_features != sum(per_row):
+            raise ValueError(f"the prompt has {sum(per_row)} <image> tokens but the images give {n_features} "
                              f"features ({features.shape[0]} image(s) x {features.shape[1]} patches); use the "
                              "processor, which writes exactly num_image_tokens placeholders per image")
         return inputs_embeds.masked_scatter(image_positions[..., None], features.to(inputs_embeds.dtype))
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Text embeddings (scaled). An <image> id outside the table (allowed, as in transformers) is looked up
+        as id 0: its embedding is replaced by an image feature anyway."""
+        language = self.language_model.model
+        image_token = self.config.image_token_index
+        ids = input_ids
+        if image_token >= language.config.vocab_size:
+            ids = input_ids.masked_fill(input_ids == image_token, 0)
+        language._check_input_ids(ids)
+        return language.embed(ids)
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
@@ -90,10 +110,10 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         recompute a prompt plus generated tokens in one call, pass `token_type_ids` with 1 on the generated part.
         """
         language = self.language_model.model
-        language._check_input_ids(input_ids)
+        check_logits_to_keep(logits_to_keep, labels)
+        inputs_embeds = self.embed_tokens(input_ids)
         batch, length = input_ids.shape
         past = kv_cache.num_items() if kv_cache is not None else 0
-        inputs_embeds = language.embed(input_ids)
         if past == 0:  # the prompt: images go in. Later steps find them in the KV cache; pixel_values are unused
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
 
@@ -116,7 +136,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
                           kv_cache=kv_cache, bidirectional=bidirectional)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.language_model.lm_head(hidden)
+        logits = self.language_model.logits(hidden)  # soft-capped in PaliGemma 2
         out = {"logits": logits, "kv_cache": kv_cache}
         if labels is not None:
             out["loss"] = causal_lm_loss(logits, labels)
@@ -148,9 +168,12 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         save_checkpoint(state, config, path, max_shard_size)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from position t, over labels that are not -100."""
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels must have the shape of input_ids {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-    shifted_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), vocab)
-    return F.cross_entropy(shifted_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+def check_pixel_values(pixel_values) -> None:
+    """Images as the processor makes them: a floating-point (B, 3, H, W) tensor of finite values in about [-1, 1]."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"pixel_values must be a torch tensor (B, 3, H, W), got a {type(pixel_values).__name__}")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be floating point, scaled to [-1, 1] (the processor does it), got dtype "
+                         f"{pixel_values.dtype}: raw 0-255 integers would be read as huge values")
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("pixel_values hold NaN or infinite values")

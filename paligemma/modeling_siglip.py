@@ -98,6 +98,27 @@ class SiglipEncoder(nn.Module):
         return hidden_states
 
 
+class SiglipPoolingHead(nn.Module):
+    """SigLIP's attention-pooling head (one learned query `probe` over all patches -> one vector per image).
+
+    PaliGemma reads every patch, never this vector; checkpoints saved with `vision_use_head=True` still carry
+    its weights, so the module exists to load and save them unchanged (names as in transformers).
+    """
+
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SiglipMLP(config)
+
+    def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, D)."""
+        probe = self.probe.expand(patch_features.shape[0], -1, -1)  # (B, 1, D)
+        pooled = self.attention(probe, patch_features, patch_features, need_weights=False)[0]
+        return (pooled + self.mlp(self.layernorm(pooled)))[:, 0]
+
+
 class SiglipVisionModel(nn.Module):
     """Images (B, 3, H, W) in [-1, 1] -> patch features (B, num_patches, hidden_size), after a final LayerNorm."""
 
@@ -107,6 +128,8 @@ class SiglipVisionModel(nn.Module):
         self.embeddings = SiglipVisionEmbeddings(config)
         self.encoder = SiglipEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if config.vision_use_head:  # kept for its weights only: see SiglipPoolingHead
+            self.head = SiglipPoolingHead(config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size

@@ -18,11 +18,15 @@ class GemmaRotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
-        self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, theta), persistent=False)
+        self.register_buffer("inv_freq", self.inverse_frequencies(), persistent=False)
+
+    def inverse_frequencies(self) -> torch.Tensor:
+        """(head_dim/2,) rotation speeds; a scaled RoPE (Gemma 3's global layers) changes only this."""
+        return rope_inverse_frequencies(self.head_dim, self.theta)
 
     def reset_parameters(self, device: torch.device | str | None = None) -> None:
         """Recompute the frequency buffer, e.g. on `device` after the module was built on `meta`."""
-        self.inv_freq = rope_inverse_frequencies(self.head_dim, self.theta).to(device or self.inv_freq.device)
+        self.inv_freq = self.inverse_frequencies().to(device or self.inv_freq.device)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

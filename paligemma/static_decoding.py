@@ -4,19 +4,27 @@ Fixed shapes let `torch.compile` trace the step once and, on a GPU, replay it as
 (`mode="reduce-overhead"`): one launch per token instead of hundreds of small kernels. The loop
 keeps everything on the device — positions advance in place, finished rows are tracked as a
 tensor — so the host never waits for the GPU except every `EOS_CHECK_EVERY` steps.
+
+Compiled calls round the cache length up to a power of two (`cache_bucket`), so a handful of
+compilations and caches serve prompts of every length; a model keeps at most `KEPT_CACHES`
+caches, and a lock makes concurrent compiled calls on one model take turns on them.
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 
 from .kv_cache import KVCache
-from .masks import additive_mask
 from .sampling import next_tokens
 
 EOS_CHECK_EVERY = 16  # steps between host checks of "has every row finished?" (each check syncs)
+KEPT_CACHES = 2  # preallocated caches a model keeps between compiled calls (least recently used dropped)
+_MODEL_LOCKS = threading.Lock()  # guards the creation of each model's own lock
 
 
 def decode_step(language_model, tokens: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
@@ -24,17 +32,19 @@ def decode_step(language_model, tokens: torch.Tensor, position_ids: torch.Tensor
     """One new token per row through the decoder, attending over the whole preallocated cache.
 
     tokens, position_ids (B, 1); cache_position (1,) the slot being written; key_mask (B, L) False at
-    padding. Slots after cache_position are hidden by the mask. Returns float32 logits (B, vocab).
+    padding and at the slots past the request. Returns float32 logits (B, vocab).
     """
     model = language_model.model
     hidden = model.embed(tokens)  # (B, 1, D)
-    slots = torch.arange(key_mask.shape[1], device=tokens.device)
-    allowed = (slots <= cache_position)[None, None, :] & key_mask[:, None, :]  # (B, 1, L)
-    mask = additive_mask(allowed, hidden.dtype)  # (B, 1, 1, L)
-    position_embeddings = model.rotary_emb(hidden, position_ids)
-    for layer in model.layers:
+    inputs = model.decode_layer_inputs(hidden, position_ids, cache_position, key_mask)  # masks hide unwritten slots
+    for layer, (position_embeddings, mask) in zip(model.layers, inputs):
         hidden = layer(hidden, position_embeddings, mask, kv_cache, cache_position)
-    return language_model.lm_head(model.norm(hidden))[:, -1].float()
+    return language_model.logits(model.norm(hidden))[:, -1].float()
+
+
+def cache_bucket(total_length: int) -> int:
+    """Cache length for a compiled call: the next power of two (at least 64), so most requests share shapes."""
+    return max(64, 1 << (total_length - 1).bit_length())
 
 
 def compiled_decode_step(model, options: dict) -> Callable:
@@ -46,19 +56,30 @@ def compiled_decode_step(model, options: dict) -> Callable:
     return compiled[key]
 
 
+def model_lock(language_model) -> threading.Lock:
+    """One lock per model: compiled calls share its caches, so they must not run at the same time."""
+    with _MODEL_LOCKS:
+        return language_model.__dict__.setdefault("_static_lock", threading.Lock())
+
+
 def reusable_cache(language_model, batch: int, max_length: int, compiled: bool) -> KVCache:
-    """A preallocated cache kept on the model between calls when compiling.
+    """A preallocated cache; when compiling, one kept on the model between calls (at most KEPT_CACHES).
 
     A compiled step (a CUDA graph especially) is tied to the addresses of the buffers it was traced
     with; reusing the same buffers avoids recompiling or re-recording the graph on every call.
     """
     if not compiled:
-        return KVCache(max_length=max_length)
+        return language_model.new_kv_cache(max_length=max_length)
     weight = language_model.lm_head.weight
-    caches = language_model.__dict__.setdefault("_static_caches", {})
-    cache = caches.setdefault((batch, max_length, weight.dtype, weight.device), KVCache(max_length=max_length))
-    cache.reset()
-    return cache
+    caches = language_model.__dict__.setdefault("_static_caches", OrderedDict())
+    key = (batch, max_length, weight.dtype, weight.device)
+    if key not in caches:
+        caches[key] = language_model.new_kv_cache(max_length=max_length)
+        while len(caches) > KEPT_CACHES:
+            caches.popitem(last=False)
+    caches.move_to_end(key)
+    caches[key].reset()
+    return caches[key]
 
 
 def mark_static_buffers(kv_cache: KVCache) -> None:
@@ -68,8 +89,12 @@ def mark_static_buffers(kv_cache: KVCache) -> None:
 
 
 def default_compile_options(device: torch.device) -> dict:
-    """CUDA graphs on a GPU; inductor's default mode on the CPU. fullgraph: fail loudly on graph breaks."""
-    options = {"fullgraph": True, "dynamic": False}
+    """CUDA graphs on a GPU; inductor's default mode on the CPU. fullgraph: fail loudly on graph breaks.
+
+    Shapes are left to torch's automatic dynamic mode: a second batch size or cache bucket compiles a
+    version that serves all later ones, instead of one compilation per shape.
+    """
+    options = {"fullgraph": True}
     if device.type == "cuda":
         options["mode"] = "reduce-overhead"
     return options
@@ -80,15 +105,27 @@ def generate_static(model, input_ids, pixel_values, attention_mask, max_new_toke
                     generator: torch.Generator | None, compile_options: dict | None,
                     on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """The same tokens as `generate_tokens`' eager loop, through the fixed-shape decode step."""
-    batch, prompt_length = input_ids.shape
-    device = input_ids.device
     is_paligemma = hasattr(model, "vision_tower")
     language_model = model.language_model if is_paligemma else model
-    total = prompt_length + max_new_tokens
+    total = input_ids.shape[1] + max_new_tokens
     if total > language_model.config.max_position_embeddings:
-        raise ValueError(f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) exceeds "
+        raise ValueError(f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_position_embeddings={language_model.config.max_position_embeddings}")
-    kv_cache = reusable_cache(language_model, batch, total, compiled=compile_options is not None)
+    if compile_options is None:
+        return _decode(model, language_model, input_ids, pixel_values, attention_mask, max_new_tokens, do_sample,
+                       temperature, top_k, top_p, eos_ids, pad_id, generator, None, on_step, total)
+    with model_lock(language_model):
+        return _decode(model, language_model, input_ids, pixel_values, attention_mask, max_new_tokens, do_sample,
+                       temperature, top_k, top_p, eos_ids, pad_id, generator, compile_options, on_step,
+                       cache_bucket(total))
+
+
+def _decode(model, language_model, input_ids, pixel_values, attention_mask, max_new_tokens, do_sample, temperature,
+            top_k, top_p, eos_ids, pad_id, generator, compile_options, on_step, cache_length) -> torch.Tensor:
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    is_paligemma = language_model is not model
+    kv_cache = reusable_cache(language_model, batch, cache_length, compiled=compile_options is not None)
     new_buffers = not kv_cache.key_cache
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if is_paligemma:
@@ -100,7 +137,9 @@ def generate_static(model, input_ids, pixel_values, attention_mask, max_new_toke
 
         step = decode_step if compile_options is None else compiled_decode_step(language_model, compile_options)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        key_mask = torch.cat([mask.bool(), mask.new_ones(batch, max_new_tokens, dtype=torch.bool)], -1)  # (B, L)
+        key_mask = torch.zeros(batch, cache_length, dtype=torch.bool, device=device)  # (B, L): False past the end
+        key_mask[:, :prompt_length] = mask.bool()
+        key_mask[:, prompt_length:prompt_length + max_new_tokens] = True
         # next position: real tokens so far (PaliGemma counts positions from 1, Gemma from 0)
         position_ids = mask.long().sum(-1, keepdim=True) + (1 if is_paligemma else 0)  # (B, 1)
         cache_position = torch.tensor([prompt_length], device=device)
@@ -121,7 +160,8 @@ def generate_static(model, input_ids, pixel_values, attention_mask, max_new_toke
                 break
             if device.type == "cuda" and compile_options is not None:
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = step(language_model, tokens[:, None], position_ids, cache_position, key_mask, kv_cache)
+            logits = _run_step(step, language_model, tokens[:, None], position_ids, cache_position, key_mask,
+                               kv_cache)
             kv_cache.advance(1)
             position_ids += 1
             cache_position += 1
@@ -130,3 +170,15 @@ def generate_static(model, input_ids, pixel_values, attention_mask, max_new_toke
     # keep the steps up to (and including) the one where the last row finished, as the eager loop does
     n_steps = int((~any_alive).nonzero()[0]) + 1 if bool((~any_alive).any()) else max_new_tokens
     return out[:, :n_steps]
+
+
+def _run_step(step, language_model, tokens, position_ids, cache_position, key_mask, kv_cache) -> torch.Tensor:
+    """The compiled step, or the plain one if torch refuses to compile yet another version of it."""
+    try:
+        return step(language_model, tokens, position_ids, cache_position, key_mask, kv_cache)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        if not getattr(language_model, "_warned_recompile_limit", False):
+            warnings.warn("torch.compile reached its recompilation limit for the decode step; this call and later "
+                          "ones with new shapes decode without compilation (same tokens, slower)", stacklevel=3)
+            language_model._warned_recompile_limit = True
+        return decode_step(language_model, tokens, position_ids, cache_position, key_mask, kv_cache)

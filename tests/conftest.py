@@ -24,6 +24,25 @@ def tiny_gemma_config(**overrides) -> GemmaConfig:
     return GemmaConfig(**fields)
 
 
+def tiny_config(generation: str = "gemma", **overrides) -> GemmaConfig:
+    """A tiny config of one generation: "gemma", "gemma2" or "gemma3" (windows shorter than test prompts)."""
+    from paligemma import Gemma2Config, Gemma3TextConfig
+
+    if generation == "gemma":
+        return tiny_gemma_config(**overrides)
+    fields = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=4,
+                  query_pre_attn_scalar=12)
+    if generation == "gemma2":
+        fields.update(rope_theta=10000.0)
+        cls = Gemma2Config
+    else:  # distinct RoPE bases, so that mixing up the local and global one shows
+        fields.update(rope_theta=1000.0, rope_local_base_freq=50.0, sliding_window_pattern=3)
+        cls = Gemma3TextConfig
+    fields.update(overrides)
+    return cls(**fields)
+
+
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
     """Norm weights start at zero (scale 1); give them random values so parity tests exercise them."""
     generator = torch.Generator().manual_seed(seed)
@@ -39,18 +58,33 @@ TEST_INIT_STD = 0.2
 
 
 def make_gemma(seed: int = 0, std: float = TEST_INIT_STD, **overrides) -> GemmaForCausalLM:
+    return make_causal_lm("gemma", seed, std, **overrides)
+
+
+def make_causal_lm(generation: str = "gemma", seed: int = 0, std: float = TEST_INIT_STD,
+                   embed_std: float | None = None, **overrides) -> GemmaForCausalLM:
+    """A tiny random model of one generation. `embed_std` well below `std` (e.g. 0.02 vs 0.3) makes greedy
+    decoding wander over many tokens instead of repeating the input (the tied lm_head favours it)."""
     torch.manual_seed(seed)
-    model = GemmaForCausalLM(tiny_gemma_config(**overrides)).eval()
+    model = GemmaForCausalLM.for_config(tiny_config(generation, **overrides)).eval()
     model.apply(partial(init_weights, std=std))
     randomize_norms(model, seed)
+    if embed_std is not None:
+        with torch.no_grad():
+            model.model.embed_tokens.weight.normal_(0, embed_std, generator=torch.Generator().manual_seed(seed))
     return model
 
 
+HF_CAUSAL_LM = {"gemma": ("GemmaConfig", "GemmaForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+                "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
+
+
 def hf_gemma_twin(model: GemmaForCausalLM, attn_implementation: str = "eager"):
-    """transformers.GemmaForCausalLM with our model's config and weights."""
+    """transformers' causal LM of the model's generation, with our model's config and weights."""
     transformers = pytest.importorskip("transformers")
-    hf_config = transformers.GemmaConfig(**model.config.to_hf_dict(), attn_implementation=attn_implementation)
-    twin = transformers.GemmaForCausalLM(hf_config).eval()
+    config_name, model_name = HF_CAUSAL_LM[model.config.model_type]
+    hf_config = getattr(transformers, config_name)(**model.config.to_hf_dict(), attn_implementation=attn_implementation)
+    twin = getattr(transformers, model_name)(hf_config).eval()
     missing, unexpected = twin.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected, unexpected
     assert set(missing) <= {"lm_head.weight"}, missing
@@ -62,21 +96,21 @@ def tiny_model() -> GemmaForCausalLM:
     return make_gemma()
 
 
-def tiny_paligemma_config(image_token_index: int = 96, **text_overrides):
+def tiny_paligemma_config(image_token_index: int = 96, generation: str = "gemma", **text_overrides):
     from paligemma import PaliGemmaConfig, SiglipVisionConfig
 
     vision = SiglipVisionConfig(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
                                 image_size=16, patch_size=4)  # 16 / 4 = 4 x 4 = 16 image tokens
-    text = tiny_gemma_config(**text_overrides)
+    text = tiny_config(generation, **text_overrides)
     return PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=image_token_index,
                            projection_dim=text.hidden_size)
 
 
-def make_paligemma(seed: int = 0, **text_overrides):
+def make_paligemma(seed: int = 0, generation: str = "gemma", **text_overrides):
     from paligemma import PaliGemmaForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = PaliGemmaForConditionalGeneration(tiny_paligemma_config(**text_overrides)).eval()
+    model = PaliGemmaForConditionalGeneration(tiny_paligemma_config(generation=generation, **text_overrides)).eval()
     model.apply(partial(init_weights, std=TEST_INIT_STD))
     randomize_norms(model, seed)
     with torch.no_grad():  # LayerNorms start at (1, 0): perturb them too
