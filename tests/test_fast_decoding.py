@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_gemma, make_paligemma, random_images
+from conftest import make_causal_lm, make_gemma, make_paligemma, random_images
 from paligemma import KVCache
 
 IMAGE_PROMPT = [96] * 16 + [2]
@@ -66,3 +66,57 @@ def test_static_path_checks_the_position_limit():
     model = make_gemma(seed=66)  # max_position_embeddings=128
     with pytest.raises(ValueError, match="max_position_embeddings=128"):
         model.generate(torch.tensor([[2] * 100]), max_new_tokens=40, static=True)
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the traced graph as is and counts how often dynamo compiled."""
+
+    def __init__(self):
+        self.compilations = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.compilations += 1
+        return graph_module.forward
+
+
+def test_many_prompt_lengths_and_batch_sizes_reuse_a_few_compilations():
+    """12 requests of different shapes: same tokens as eager, a handful of compilations, never the recompile limit."""
+    from paligemma.static_decoding import KEPT_CACHES
+
+    model = make_causal_lm("gemma3", seed=3, std=0.3, embed_std=0.02)
+    backend = CountingBackend()
+    shapes = [(1, 5, 8), (1, 9, 8), (2, 5, 8), (1, 30, 20), (3, 7, 5), (2, 60, 10), (1, 3, 70), (4, 11, 9),
+              (1, 13, 3), (2, 17, 30), (1, 100, 20), (3, 40, 40)]  # (batch, prompt length, new tokens)
+    for i, (batch, length, new) in enumerate(shapes):
+        ids = torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(i))
+        eager = model.generate(ids, max_new_tokens=new, eos_token_id=None)
+        compiled = model.generate(ids, max_new_tokens=new, eos_token_id=None,
+                                  compile={"backend": backend, "fullgraph": True})
+        assert torch.equal(compiled, eager), (batch, length, new)
+    assert backend.compilations <= 5
+    assert len(model._static_caches) <= KEPT_CACHES
+
+
+def test_cache_lengths_are_rounded_up_to_powers_of_two():
+    from paligemma.static_decoding import cache_bucket
+
+    assert [cache_bucket(n) for n in (1, 64, 65, 128, 129, 1000, 4097)] == [64, 64, 128, 128, 256, 1024, 8192]
+
+
+def test_concurrent_compiled_calls_from_threads_give_each_its_own_answer():
+    """Threads share the model's compiled step and caches: the lock makes them take turns, answers stay right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = make_causal_lm("gemma2", seed=4, std=0.3, embed_std=0.02)
+    options = {"backend": CountingBackend(), "fullgraph": True}
+    prompts = [torch.randint(3, 97, (1 + i % 2, 4 + 3 * i), generator=torch.Generator().manual_seed(i))
+               for i in range(6)]
+    expected = [model.generate(p, max_new_tokens=12, eos_token_id=None) for p in prompts]
+
+    def run(i):
+        return model.generate(prompts[i], max_new_tokens=12, eos_token_id=None, compile=options)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, list(range(6)) * 2))
+    for i, result in enumerate(results):
+        assert torch.equal(result, expected[i % 6]), i
