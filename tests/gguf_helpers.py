@@ -63,7 +63,7 @@ def library_dequantize(path: Path, name: str) -> np.ndarray:
     """The `gguf` library's reading of one tensor, in torch order: the oracle for our dequantizer."""
     reader = gguf.GGUFReader(str(path))
     tensor = next(t for t in reader.tensors if t.name == name)
-    return gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type))  # a writable copy, for torch
 
 
 # ---- byte-level files, for malformed ones --------------------------------------------------------------------
@@ -105,3 +105,72 @@ def real_model_path() -> Path:
         if os.environ.get("CI"):
             pytest.fail(message + " -- CI must run the real-model tests")
         pytest.skip(message)
+
+
+# ---- tiny Gemma files ----------------------------------------------------------------------------------------
+
+TINY = dict(vocab=64, hidden=256, heads=2, kv_heads=1, head_dim=128, inter=512)
+# a mix of every supported type over the tensors, as a real Q4_K_M file mixes them
+TINY_TYPES = {"token_embd": Q.Q8_0, "attn_q": Q.Q5_0, "attn_k": Q.Q4_0, "attn_v": Q.Q8_0, "attn_output": Q.Q4_K,
+              "ffn_gate": Q.Q5_K, "ffn_up": Q.BF16, "ffn_down": Q.Q6_K, "output": Q.F16}
+V = gguf.GGUFValueType
+
+
+def tiny_tokens(vocab: int) -> list[str]:
+    return ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"▁w{i}" for i in range(vocab - 4)]
+
+
+def tiny_gemma_metadata(arch: str, layers: int, **extra) -> dict:
+    """The metadata llama.cpp writes for a Gemma (key names from its convert_hf_to_gguf.py)."""
+    meta = {f"{arch}.context_length": (128, V.UINT32), f"{arch}.embedding_length": (TINY["hidden"], V.UINT32),
+            f"{arch}.block_count": (layers, V.UINT32), f"{arch}.feed_forward_length": (TINY["inter"], V.UINT32),
+            f"{arch}.attention.head_count": (TINY["heads"], V.UINT32),
+            f"{arch}.attention.head_count_kv": (TINY["kv_heads"], V.UINT32),
+            f"{arch}.attention.key_length": (TINY["head_dim"], V.UINT32),
+            f"{arch}.attention.value_length": (TINY["head_dim"], V.UINT32),
+            f"{arch}.attention.layer_norm_rms_epsilon": (1e-6, V.FLOAT32),
+            "tokenizer.ggml.tokens": (tiny_tokens(TINY["vocab"]), V.ARRAY, V.STRING),
+            "tokenizer.ggml.bos_token_id": (2, V.UINT32), "tokenizer.ggml.eos_token_id": (1, V.UINT32),
+            "tokenizer.ggml.padding_token_id": (0, V.UINT32)}
+    if arch == "gemma2":
+        meta.update({"gemma2.attention.sliding_window": (16, V.UINT32),
+                     "gemma2.attn_logit_softcapping": (50.0, V.FLOAT32),
+                     "gemma2.final_logit_softcapping": (30.0, V.FLOAT32)})
+    if arch == "gemma3":
+        meta.update({"gemma3.attention.sliding_window": (16, V.UINT32), "gemma3.rope.freq_base": (1e6, V.FLOAT32)})
+    meta.update(extra)
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+def tiny_gemma_tensors(arch: str, layers: int, seed: int = 0, tied: bool = True) -> dict:
+    """Every tensor a Gemma file holds, torch-order shapes, norms stored as llama.cpp does: 1 + w."""
+    rng = np.random.default_rng(seed)
+    t = TINY
+    q_rows, kv_rows = t["heads"] * t["head_dim"], t["kv_heads"] * t["head_dim"]
+    shapes = {"attn_q": (q_rows, t["hidden"]), "attn_k": (kv_rows, t["hidden"]), "attn_v": (kv_rows, t["hidden"]),
+              "attn_output": (t["hidden"], q_rows), "ffn_gate": (t["inter"], t["hidden"]),
+              "ffn_up": (t["inter"], t["hidden"]), "ffn_down": (t["hidden"], t["inter"]),
+              "attn_norm": (t["hidden"],), "ffn_norm": (t["hidden"],)}
+    if arch != "gemma":
+        shapes.update(post_attention_norm=(t["hidden"],), post_ffw_norm=(t["hidden"],))
+    if arch == "gemma3":
+        shapes.update(attn_q_norm=(t["head_dim"],), attn_k_norm=(t["head_dim"],))
+
+    def entry(part, shape):
+        if part.endswith("norm"):
+            return 1.0 + rng.standard_normal(shape) * 0.3, Q.F32
+        return rng.standard_normal(shape) * 0.05, TINY_TYPES[part]
+    tensors = {"token_embd.weight": entry("token_embd", (t["vocab"], t["hidden"])),
+               "output_norm.weight": entry("output_norm", (t["hidden"],))}
+    if not tied:
+        tensors["output.weight"] = entry("output", (t["vocab"], t["hidden"]))
+    for layer in range(layers):
+        for part, shape in shapes.items():
+            tensors[f"blk.{layer}.{part}.weight"] = entry(part, shape)
+    return tensors
+
+
+def tiny_gemma_file(path: Path, arch: str, layers: int = 2, metadata: dict | None = None,
+                    tensors: dict | None = None, tied: bool = True) -> Path:
+    return write_gguf(path, arch, tiny_gemma_metadata(arch, layers, **(metadata or {})),
+                      tiny_gemma_tensors(arch, layers, tied=tied) if tensors is None else tensors)
