@@ -55,6 +55,13 @@ def _metadata(gguf: GGUFFile, name: str, default=None):
     return value
 
 
+def _token_id(gguf: GGUFFile, name: str, count: int) -> int:
+    token_id = _metadata(gguf, f"{name}_token_id")
+    if not isinstance(token_id, int) or not 0 <= token_id < count:
+        raise gguf.error(f"tokenizer.ggml.{name}_token_id is {token_id!r}, not an id of the {count} tokens")
+    return token_id
+
+
 def gguf_tokenizer(gguf: GGUFFile | str | Path) -> Tokenizer:
     """A `tokenizers.Tokenizer` equal to the SentencePiece (Gemma) tokenizer stored in a GGUF file."""
     gguf = gguf if isinstance(gguf, GGUFFile) else read_gguf(gguf)
@@ -68,7 +75,7 @@ def gguf_tokenizer(gguf: GGUFFile | str | Path) -> Tokenizer:
     if len(set(spelled)) != len(spelled):
         raise gguf.error("tokenizer.ggml.tokens holds the same piece twice (after respelling whitespace runs)")
     _check_scores_follow_file_order(gguf, types)
-    unk_id = _metadata(gguf, "unknown_token_id")
+    unk_id = _token_id(gguf, "unknown", len(pieces))
 
     vocab = {piece: index for index, piece in enumerate(spelled)}
     bpe = models.BPE(vocab=vocab, merges=merges_in_file_order(spelled), unk_token=spelled[unk_id],
@@ -104,8 +111,8 @@ def _check_scores_follow_file_order(gguf: GGUFFile, types: list[int]) -> None:
 def _set_post_processor(gguf: GGUFFile, tokenizer: Tokenizer, pieces: list[str]) -> None:
     """<bos> before (and <eos> after) each sequence, as `tokenizer.ggml.add_bos_token` / `add_eos_token` say."""
     meta = gguf.metadata
-    before = [_metadata(gguf, "bos_token_id")] if meta.get("tokenizer.ggml.add_bos_token", True) else []
-    after = [_metadata(gguf, "eos_token_id")] if meta.get("tokenizer.ggml.add_eos_token", False) else []
+    before = [_token_id(gguf, "bos", len(pieces))] if meta.get("tokenizer.ggml.add_bos_token", True) else []
+    after = [_token_id(gguf, "eos", len(pieces))] if meta.get("tokenizer.ggml.add_eos_token", False) else []
     if not before and not after:
         return
     first = " ".join([pieces[i] for i in before] + ["$A"] + [pieces[i] for i in after])

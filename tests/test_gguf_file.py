@@ -67,7 +67,8 @@ def test_raw_is_a_memory_map_of_the_file(library_written):
 
 
 def test_version_2_and_custom_alignment(tmp_path):
-    kvs = [kv_bytes("general.architecture", 8, gguf_string("gemma")), kv_bytes("general.alignment", 4, struct.pack("<I", 64))]
+    kvs = [kv_bytes("general.architecture", 8, gguf_string("gemma")),
+           kv_bytes("general.alignment", 4, struct.pack("<I", 64))]
     data = np.arange(4, dtype=np.float32).tobytes()
     path = raw_gguf(tmp_path / "v2.gguf", kvs, [tensor_info_bytes("w", (4,), 0, 0)], data, version=2, alignment=64)
     parsed = read_gguf(path)
@@ -139,7 +140,8 @@ def test_unsupported_version(tmp_path, version):
 
 # byte offsets in _one_tensor_file: header 0-24, key 24-52, value type 52-56, value 56-69, tensor name 69-85,
 # n_dims, dims, type and offset 85-117
-@pytest.mark.parametrize("cut, part", [(10, "the header"), (30, "metadata key 0"), (54, "metadata 'general.architecture'"),
+@pytest.mark.parametrize("cut, part", [(10, "the header"), (30, "metadata key 0"),
+                                       (54, "metadata 'general.architecture'"),
                                        (60, "metadata 'general.architecture'"), (75, "the name of tensor 0"),
                                        (90, "the tensor table entry of 'w.weight'"),
                                        (110, "the tensor table entry of 'w.weight'")])

@@ -92,9 +92,9 @@ def test_gemma3_without_a_window_is_all_global():
 
 
 def test_defaults_where_the_file_is_silent():
-    meta = _metadata_only("gemma2", 2, **{"gemma2.attention.key_length": None, "gemma2.attention.value_length": None,
-                                          "gemma2.attention.head_count_kv": None,
-                                          "gemma2.attn_logit_softcapping": None, "gemma2.final_logit_softcapping": None})
+    silent = ["attention.key_length", "attention.value_length", "attention.head_count_kv",
+              "attn_logit_softcapping", "final_logit_softcapping"]
+    meta = _metadata_only("gemma2", 2, **{f"gemma2.{key}": None for key in silent})
     config = gemma_config(meta)
     assert config["head_dim"] == TINY["hidden"] // TINY["heads"] and config["num_key_value_heads"] == TINY["heads"]
     assert (config["attn_logit_softcapping"], config["final_logit_softcapping"]) == (50.0, 30.0)
@@ -155,7 +155,8 @@ def test_an_untied_output_becomes_lm_head(tmp_path):
 
 def test_not_a_gemma(tmp_path):
     path = tiny_gemma_file(tmp_path / "llama.gguf", "llama", metadata={})
-    with pytest.raises(GGUFError, match=r"architecture 'llama' is not a Gemma; this loader reads gemma, gemma2, gemma3"):
+    with pytest.raises(GGUFError, match=r"architecture 'llama' is not a Gemma; this loader reads gemma, gemma2, "
+                                        r"gemma3"):
         read_gemma_gguf(path)
 
 
@@ -179,7 +180,8 @@ def test_wrong_shape_is_named(tmp_path):
     tensors = tiny_gemma_tensors("gemma2", 2)
     tensors["blk.1.attn_k.weight"] = (np.zeros((256, 256)), Q.Q8_0)  # 2 KV heads' rows for a 1-KV-head config
     path = tiny_gemma_file(tmp_path / "shape.gguf", "gemma2", 2, tensors=tensors)
-    with pytest.raises(GGUFError, match=r"shape mismatches: blk.1.attn_k.weight: file \(256, 256\), config \(128, 256\)"):
+    with pytest.raises(GGUFError, match=r"shape mismatches: blk.1.attn_k.weight: file \(256, 256\), "
+                                        r"config \(128, 256\)"):
         read_gemma_gguf(path)
 
 
@@ -209,7 +211,8 @@ def test_impossible_values_are_named(key, value, message):
 
 def test_per_layer_values_are_refused():
     meta = _metadata_only("gemma", 2, **{"gemma.feed_forward_length": ([512, 512], V.ARRAY, V.UINT32)})
-    with pytest.raises(GGUFError, match=r"intermediate_size must be a positive integer, the metadata gives \[512, 512\]"):
+    with pytest.raises(GGUFError, match=r"intermediate_size must be a positive integer, "
+                                        r"the metadata gives \[512, 512\]"):
         gemma_config(meta)
 
 

@@ -80,7 +80,8 @@ def test_vocabulary_equals_transformers(ours, theirs):
 def test_trap_whitespace_runs_are_stored_with_real_spaces(metadata, ours, theirs):
     tokens, types = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.token_type"]
     assert (tokens[138], types[138]) == ("  ", USER_DEFINED) and "▁▁" not in tokens
-    assert [t for t, k in zip(tokens, types) if k == USER_DEFINED and t.strip(" ") == ""] == [" " * n for n in range(2, 32)]
+    space_runs = [t for t, k in zip(tokens, types) if k == USER_DEFINED and t.strip(" ") == ""]
+    assert space_runs == [" " * n for n in range(2, 32)]
     assert ours.encode("a  b", add_special_tokens=False).tokens == ["a", "▁▁", "b"]
     assert ours.encode("    return x").ids == theirs("    return x")["input_ids"] == [2, 140, 2060, 1123]
 
@@ -88,8 +89,9 @@ def test_trap_whitespace_runs_are_stored_with_real_spaces(metadata, ours, theirs
 def test_trap_scores_are_merge_ranks_with_placeholders(metadata, ours, theirs):
     scores, types = np.array(metadata["tokenizer.ggml.scores"]), np.array(metadata["tokenizer.ggml.token_type"])
     assert (np.diff(scores[types == NORMAL]) < 0).all()  # normal pieces: strictly falling in file order
-    assert set(scores[(types == CONTROL) | (types == USER_DEFINED)]) == {-1000.0} and set(scores[types == BYTE]) == {0.0}
-    # ranked by score "▁▁" (-1000) would merge after "▁world": ["Hello", "▁", "▁world"]; file order merges it first
+    assert set(scores[(types == CONTROL) | (types == USER_DEFINED)]) == {-1000.0}
+    assert set(scores[types == BYTE]) == {0.0}
+    # ranked by score, "▁▁" (-1000) would merge after "▁world": ["Hello", "▁", "▁world"]; by file order first
     assert ours.encode("Hello  world", add_special_tokens=False).tokens == ["Hello", "▁▁", "world"]
     assert ours.encode("Hello  world").ids == theirs("Hello  world")["input_ids"]
 

@@ -41,7 +41,8 @@ def hf_tensors(path, hf_config):
 
     with torch.device("meta"):  # only the parameter names are needed to map GGUF names to transformers'
         model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    return load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model, torch_dtype=torch.float32)["tensors"]
+    loaded = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model, torch_dtype=torch.float32)
+    return loaded["tensors"]
 
 
 def test_config_equals_transformers(path, hf_config):
@@ -68,7 +69,8 @@ def test_every_tensor_equals_transformers(path, hf_tensors):
 
 def test_bfloat16_is_the_float32_rounded(path):
     gguf = read_gguf(path)
-    for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.3.attn_output.weight", "blk.0.attn_q_norm.weight"]:
+    for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.3.attn_output.weight",
+                 "blk.0.attn_q_norm.weight"]:  # Q5_0, Q6_K, Q4_K, F32
         assert torch.equal(load_tensor(gguf, name, torch.bfloat16), load_tensor(gguf, name, torch.float32).bfloat16())
 
 

@@ -59,7 +59,8 @@ def test_merge_priority_is_file_order_not_score(tiny):
     """Trap 2: "▁▁" scores -1000 (a placeholder) but sits early in the file. By score, "▁b" (-2) would merge
     first and give ["a", "▁", "▁b"]; by file order "▁▁" wins."""
     assert pieces_of(tiny, "a  b") != ["a", "▁", "▁b"]
-    assert merges_in_file_order(["ab", "a", "b", "abc", "c", "bc"]) == [("a", "b"), ("ab", "c"), ("a", "bc"), ("b", "c")]
+    merges = merges_in_file_order(["ab", "a", "b", "abc", "c", "bc"])
+    assert merges == [("a", "b"), ("ab", "c"), ("a", "bc"), ("b", "c")]
 
 
 def test_scores_out_of_file_order_are_refused(tmp_path):
@@ -115,3 +116,8 @@ def test_no_tokenizer_in_the_file(tmp_path):
 def test_mismatched_lengths(tmp_path):
     with pytest.raises(GGUFError, match="token_type has 2 entries for 283 tokens"):
         gguf_tokenizer(tokenizer_file(tmp_path / "len.gguf", token_type=([1, 1], V.ARRAY, V.INT32)))
+
+
+def test_token_id_out_of_range(tmp_path):
+    with pytest.raises(GGUFError, match="tokenizer.ggml.bos_token_id is 999, not an id of the 283 tokens"):
+        gguf_tokenizer(tokenizer_file(tmp_path / "id.gguf", bos_token_id=(999, V.UINT32)))
