@@ -94,7 +94,7 @@ def gemma_config(gguf: GGUFFile) -> dict:
     }
     _check_sizes(gguf, config)
     # Gemma 1 and 2 files carry no rope.freq_base: llama.cpp and transformers both use 10000 then.
-    rope_theta = float(key("rope.freq_base", 10000.0))
+    rope_theta = _number(gguf, key, "rope.freq_base", 10000.0)
     if arch == "gemma":
         config["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
         return config
@@ -102,30 +102,49 @@ def gemma_config(gguf: GGUFFile) -> dict:
     # Gemma 3): 1/sqrt(hidden / heads). transformers' GGUF loader leaves its own default (256) instead.
     big = layers == (46 if arch == "gemma2" else 62)
     config["query_pre_attn_scalar"] = hidden // heads if big else head_dim
-    if arch == "gemma2":
-        config.update(  # both caps are always written by llama.cpp; its defaults are these (50, 30)
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-            attn_logit_softcapping=float(key("attn_logit_softcapping", 50.0)),
-            final_logit_softcapping=float(key("final_logit_softcapping", 30.0)),
-            sliding_window=key("attention.sliding_window"),
-            layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)])
-        return config
-    window = key("attention.sliding_window", None)  # no window written = every layer global (llama.cpp)
+    config.update(_gemma2_fields(gguf, key, layers, rope_theta) if arch == "gemma2"
+                  else _gemma3_fields(gguf, key, layers, rope_theta))
+    return config
+
+
+def _number(gguf: GGUFFile, key, name: str, default=_REQUIRED) -> float | None:
+    value = key(name, default)
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise gguf.error(f"metadata {name!r} must be a number, not {value!r}")
+    return None if value is None else float(value)
+
+
+def _window(gguf: GGUFFile, key, default=_REQUIRED) -> int | None:
+    window = key("attention.sliding_window", default)
+    if window is not None and (not isinstance(window, int) or window <= 0):
+        raise gguf.error(f"sliding_window must be a positive integer, the metadata gives {window!r}")
+    return window
+
+
+def _gemma2_fields(gguf: GGUFFile, key, layers: int, rope_theta: float) -> dict:
+    """Soft caps (llama.cpp always writes them; its defaults are 50 and 30), and local / global layers in turn."""
+    return {"rope_parameters": {"rope_type": "default", "rope_theta": rope_theta},
+            "attn_logit_softcapping": _number(gguf, key, "attn_logit_softcapping", 50.0),
+            "final_logit_softcapping": _number(gguf, key, "final_logit_softcapping", 30.0),
+            "sliding_window": _window(gguf, key),
+            "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]}
+
+
+def _gemma3_fields(gguf: GGUFFile, key, layers: int, rope_theta: float) -> dict:
+    """No attention cap; 5 local : 1 global layers; RoPE base 10000 locally, the file's (1e6) globally."""
+    window = _window(gguf, key, None)  # no window written = every layer global (llama.cpp)
     global_rope = {"rope_type": "default", "rope_theta": rope_theta}
     if (scaling := key("rope.scaling.type", "none")) not in ("none", "linear"):
         raise gguf.error(f"gemma3.rope.scaling.type {scaling!r} is not supported (only linear)")
     if scaling == "linear":  # Gemma 3 4B and larger: positions / 8 on the global layers only
-        global_rope = {"rope_type": "linear", "factor": float(key("rope.scaling.factor")), "rope_theta": rope_theta}
-    final_cap = key("final_logit_softcapping", None)
-    config.update(
-        sliding_window=window, attn_logit_softcapping=None,
-        final_logit_softcapping=None if final_cap is None else float(final_cap),
-        # llama.cpp: every 6th layer is global (5 local : 1 global), local layers use RoPE base 10000
-        layer_types=["full_attention" if window is None or (i + 1) % 6 == 0 else "sliding_attention"
-                     for i in range(layers)],
-        rope_parameters={"full_attention": global_rope,
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
-    return config
+        global_rope = {"rope_type": "linear", "factor": _number(gguf, key, "rope.scaling.factor"),
+                       "rope_theta": rope_theta}
+    return {"sliding_window": window, "attn_logit_softcapping": None,
+            "final_logit_softcapping": _number(gguf, key, "final_logit_softcapping", None),
+            "layer_types": ["full_attention" if window is None or (i + 1) % 6 == 0 else "sliding_attention"
+                            for i in range(layers)],
+            "rope_parameters": {"full_attention": global_rope,
+                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}}
 
 
 def expected_tensors(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
