@@ -221,3 +221,11 @@ def test_write_gguf_helper_builds_what_it_is_asked(tmp_path):
     values = np.arange(64).reshape(2, 32) / 7
     path = write_gguf(tmp_path / "h.gguf", "gemma", {}, {"a": (values, Q.F32)})
     assert np.array_equal(library_dequantize(path, "a"), values.astype(np.float32))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("gemma2.attention.sliding_window", ("4096", V.STRING), "sliding_window must be a positive integer"),
+    ("gemma2.final_logit_softcapping", ("30", V.STRING), "metadata 'final_logit_softcapping' must be a number")])
+def test_values_of_the_wrong_type_are_named(key, value, message):
+    with pytest.raises(GGUFError, match=message):
+        gemma_config(_metadata_only("gemma2", 2, **{key: value}))
