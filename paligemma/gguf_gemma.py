@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from paligemma.gguf_file import GGUFError, GGUFFile, read_gguf
-from paligemma.gguf_quants import DEQUANTIZERS, dequantize
+from .gguf_file import GGUFError, GGUFFile, read_gguf
+from .gguf_quants import DEQUANTIZERS, dequantize
 
 ARCHITECTURES = {"gemma": ("gemma", "GemmaForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"),
                  "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}

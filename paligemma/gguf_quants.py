@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from paligemma.gguf_file import GGML_TYPES, GGUFError, GGUFFile
+from .gguf_file import GGML_TYPES, GGUFError, GGUFFile
 
 CHUNK_WEIGHTS = 1 << 20  # weights decoded per step: ~4 MB of float32 and a few times that in temporaries
 

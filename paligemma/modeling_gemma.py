@@ -203,7 +203,15 @@ class GemmaForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: torch.device | str | None = None, attn_implementation: str | None = None):
-        """Load a Hugging Face checkpoint folder of any Gemma generation (config.json + safetensors)."""
+        """Load a Hugging Face checkpoint folder of any Gemma generation (config.json + safetensors), or a
+        llama.cpp GGUF file (`model.gguf`, or the short name "gemma-3-270m" of the installed real model)."""
+        from .gguf_loading import GEMMA3_270M, is_gguf, load_gguf_model, resolve_model_file  # notebook 13
+
+        if is_gguf(path) or str(path) == GEMMA3_270M:
+            model = load_gguf_model(resolve_model_file(path), dtype, device, attn_implementation)
+            if not isinstance(model, cls):
+                raise ValueError(f"{path} holds a {model.config.model_type!r} model, not a {cls.__name__}")
+            return model
         config = GemmaConfig.from_pretrained(path)
         if attn_implementation is not None:
             config.attn_implementation = attn_implementation
