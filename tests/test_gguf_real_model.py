@@ -19,7 +19,7 @@ from paligemma.gguf_gemma import load_tensor, read_gemma_gguf
 from paligemma.gguf_tokenizer import gguf_tokenizer
 
 transformers = pytest.importorskip("transformers")
-PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Once upon a time, in a small village by the sea,",
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Once upon a time, in a small village by the sea,"]
 NEW_TOKENS = 64
 PARAGRAPH = ("The library opens at nine in the morning and closes at six in the evening. On weekends it keeps "
              "shorter hours, and on public holidays it is closed. Members may borrow up to ten books at a time, "
