@@ -109,29 +109,46 @@ def generate(model, processor, images, prompts, max_new_tokens: int = 32, do_sam
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in processor(text=list(prompts), images=list(images)).items()}
     eos = processor.eos_token_id
-    produced: list[list[int]] = [[] for _ in prompts]
-    shown = ["" for _ in prompts]
-
-    def stream(tokens: torch.Tensor) -> None:
-        pieces = []
-        for row, token in enumerate(tokens.tolist()):
-            if token == eos or (produced[row] and produced[row][-1] == eos):
-                produced[row].append(eos)
-                pieces.append("")
-                continue
-            produced[row].append(token)
-            text = processor.decode([t for t in produced[row] if t != eos])
-            pieces.append(text[len(shown[row]):])
-            shown[row] = text
-        on_token(pieces)
-
+    stream = TextStream(processor.decode, len(prompts), [eos], on_token) if on_token else None
     tokens = model.generate(inputs["input_ids"], pixel_values=inputs["pixel_values"],
                             attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
                             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                            eos_token_id=eos, seed=seed, on_step=stream if on_token else None, compile=compile)
+                            eos_token_id=eos, seed=seed, on_step=stream, compile=compile)
     return [processor.decode(cut_at_eos(row, eos)) for row in tokens.tolist()]
 
 
-def cut_at_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:
-    """The tokens before the first end-of-sequence token."""
-    return tokens[:tokens.index(eos_token_id)] if eos_token_id in tokens else tokens
+def cut_at_eos(tokens: list[int], eos_token_id) -> list[int]:
+    """The tokens before the first end-of-sequence token (`eos_token_id`: an id, a list of ids, or None)."""
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:i]
+    return tokens
+
+
+class TextStream:
+    """`on_step` callback that hands `on_token` the text each row gained this step (one string per row).
+
+    Each row is decoded whole and the new suffix passed on, so pieces that only make sense together (the
+    bytes of one emoji, a word split in two tokens) come out right. After its end token a row adds "".
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], n_rows: int, eos_ids: list[int],
+                 on_token: Callable[[list[str]], None]):
+        self.decode, self.eos, self.on_token = decode, set(eos_ids), on_token
+        self.produced: list[list[int]] = [[] for _ in range(n_rows)]
+        self.done = [False] * n_rows
+        self.shown = [""] * n_rows
+
+    def __call__(self, tokens: torch.Tensor) -> None:
+        pieces = []
+        for row, token in enumerate(tokens.tolist()):
+            if self.done[row] or token in self.eos:
+                self.done[row] = True
+                pieces.append("")
+                continue
+            self.produced[row].append(token)
+            text = self.decode(self.produced[row])
+            pieces.append(text[len(self.shown[row]):])
+            self.shown[row] = text
+        self.on_token(pieces)

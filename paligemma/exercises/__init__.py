@@ -4,8 +4,8 @@ Each notebook's checkers live in a module named after its topic; they are all re
 notebook says `from paligemma.exercises import check_rms_norm`.
 """
 
-from . import (attention, decoder, generation, kv_cache, multimodal, nano, overview, performance, rmsnorm, rope,
-               siglip, weights)
+from . import (attention, decoder, gemma_family, generation, kv_cache, multimodal, nano, overview, performance,
+               rmsnorm, rope, siglip, weights)
 from .checking import ExerciseError, check_close, run_candidate
 from .overview import *  # noqa: F401,F403
 from .rmsnorm import *  # noqa: F401,F403
@@ -19,8 +19,9 @@ from .generation import *  # noqa: F401,F403
 from .weights import *  # noqa: F401,F403
 from .nano import *  # noqa: F401,F403
 from .performance import *  # noqa: F401,F403
+from .gemma_family import *  # noqa: F401,F403
 
 __all__ = ["ExerciseError", "check_close", "run_candidate"]
 for _module in (overview, rmsnorm, rope, attention, kv_cache, decoder, siglip, multimodal, generation, weights, nano,
-                performance):
+                performance, gemma_family):
     __all__ += _module.__all__
