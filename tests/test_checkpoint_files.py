@@ -5,13 +5,12 @@ import json
 import os
 import shutil
 import struct
-import threading
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import make_gemma, make_paligemma, tiny_tokenizer
+from conftest import fifo_guard, make_gemma, make_paligemma, tiny_tokenizer
 from paligemma import GemmaForCausalLM, PaliGemmaProcessor
 from paligemma.files import CheckpointError, read_json_object
 from paligemma.weights import file_header, save_checkpoint
@@ -171,17 +170,6 @@ def test_shard_in_a_subfolder_and_symlinked_shards_load(sharded_folder, tmp_path
     torch.testing.assert_close(loaded.state_dict(), make_gemma().state_dict())
 
 
-def fifo_guard(path):
-    """If the code under test opens the FIFO, unblock it after a few seconds so the test fails instead of hanging."""
-    def unblock():
-        if not done.wait(5):
-            with open(path, "wb"):
-                pass
-    done = threading.Event()
-    threading.Thread(target=unblock, daemon=True).start()
-    return done
-
-
 @pytest.mark.parametrize("name", ["model.safetensors", "shard", "model.safetensors.index.json", "config.json",
                                   "tokenizer.json"])
 def test_fifo_instead_of_a_file_is_refused_without_hanging(sharded_folder, gemma_folder, name):
@@ -189,17 +177,13 @@ def test_fifo_instead_of_a_file_is_refused_without_hanging(sharded_folder, gemma
     target = folder / (first_shard(index) if name == "shard" else name)
     target.unlink(missing_ok=True)
     os.mkfifo(target)
-    done = fifo_guard(target)
-    try:
-        with pytest.raises(CheckpointError, match=f"{target} is not a regular file"):
-            if name == "tokenizer.json":
-                PaliGemmaProcessor.from_pretrained(folder)
-            elif name == "config.json":
-                read_json_object(target, "config file")
-            else:
-                GemmaForCausalLM.from_pretrained(folder)
-    finally:
-        done.set()
+    with fifo_guard(target), pytest.raises(CheckpointError, match=f"{target} is not a regular file"):
+        if name == "tokenizer.json":
+            PaliGemmaProcessor.from_pretrained(folder)
+        elif name == "config.json":
+            read_json_object(target, "config file")
+        else:
+            GemmaForCausalLM.from_pretrained(folder)
 
 
 @pytest.mark.parametrize("contents, words", [
