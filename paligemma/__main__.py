@@ -100,7 +100,7 @@ def load_model(args: argparse.Namespace):
 
 
 def draw_scene(args: argparse.Namespace):
-    """No --image: draw a nano scene (PaliGemma-nano has never seen it), save it as a PNG and say what is in it."""
+    """No --image: draw a nano scene (PaliGemma-nano has never seen it), say what is in it, save it if asked."""
     import random
 
     from .nano import make_scene
