@@ -219,7 +219,8 @@ BENCHMARK_FLAGS = [
     (["--new-tokens", "1"], "--new-tokens must be at least 2"),
     (["--device", "meta"], "argument --device: 'meta' tensors hold no data"),
     (["--device", "mps"], "argument --device: 'mps': not available on this machine"),
-    (["--json", "{tmp}/missing/report.json"], "--json {tmp}/missing/report.json: the folder {tmp}/missing does not exist"),
+    (["--json", "{tmp}/missing/report.json"],
+     "--json {tmp}/missing/report.json: the folder {tmp}/missing does not exist"),
     (["--json", "{tmp}"], "--json {tmp}: {tmp} is a folder"),
     (["--json", "/proc/report.json"], "--json /proc/report.json: cannot write there"),
 ]

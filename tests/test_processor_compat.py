@@ -114,14 +114,17 @@ BAD_CALLS = [  # (keyword arguments, error type, words of the message)
     (dict(text=None), TypeError, "text must be a str or a list of str, got NoneType"),
     (dict(text=5), TypeError, "text must be a str or a list of str, got int"),
     (dict(text=b"caption en"), TypeError, "text must be a str or a list of str, got bytes"),
-    (dict(text=["caption en", 3], images=[Image.new("RGB", (4, 4))] * 2), TypeError, r"text\[1\] is a int, expected a str"),
+    (dict(text=["caption en", 3], images=[Image.new("RGB", (4, 4))] * 2), TypeError,
+     r"text\[1\] is a int, expected a str"),
     (dict(images=None), TypeError, "images must be a PIL.Image.Image or a list of them, got NoneType"),
-    (dict(images=np.zeros((4, 4, 3), np.uint8)), TypeError, "images must be a PIL.Image.Image or a list of them, got ndarray"),
+    (dict(images=np.zeros((4, 4, 3), np.uint8)), TypeError,
+     "images must be a PIL.Image.Image or a list of them, got ndarray"),
     (dict(images="photo.jpg"), TypeError, "images must be a PIL.Image.Image or a list of them, got str"),
     (dict(images=[torch.zeros(3, 4, 4)]), TypeError, r"images\[0\] is a Tensor, expected a PIL.Image.Image"),
     (dict(images=Image.new("RGB", (0, 0))), ValueError, r"images\[0\] is 0x0 pixels"),
     (dict(images=Image.new("L", (5, 0))), ValueError, r"images\[0\] is 5x0 pixels"),
-    (dict(text="<image><image>caption"), ValueError, r"text\[0\] holds 2 '<image>' placeholders; a prompt may hold one"),
+    (dict(text="<image><image>caption"), ValueError,
+     r"text\[0\] holds 2 '<image>' placeholders; a prompt may hold one"),
     (dict(suffix="a <image> circle"), ValueError, r"suffix\[0\] holds 1 '<image>' placeholders; .* a suffix none"),
     (dict(suffix=7), TypeError, "suffix must be a str or a list of str, got int"),
     (dict(suffix=[None]), TypeError, r"suffix\[0\] is a NoneType, expected a str"),
@@ -130,7 +133,7 @@ BAD_CALLS = [  # (keyword arguments, error type, words of the message)
 
 @pytest.mark.parametrize("arguments, error, words", BAD_CALLS)
 def test_bad_arguments_are_named(ours, arguments, error, words):
-    call = dict(text="caption en", images=Image.new("RGB", (4, 4)), **{})
+    call = dict(text="caption en", images=Image.new("RGB", (4, 4)))
     call.update(arguments)
     with pytest.raises(error, match=words):
         ours(**call)
