@@ -158,7 +158,7 @@ def test_a_fifo_as_image_is_refused_without_hanging(tmp_path, capsys):
 
 @pytest.mark.parametrize("name, words", [
     ("bad_config", "Expecting property name"),
-    ("array_config", "JSON array|got list"),  # the second until configuration.py reads with read_json_object
+    ("array_config", "JSON array|JSON list|got list"),  # the wording of whichever reader configuration uses
     ("cut_weights", "model.safetensors says its header is"),
     ("bad_tokenizer", "tokenizer.json is not one the tokenizers library can read"),
 ])
