@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import GemmaConfig, GemmaForCausalLM, KVCache
+from .cli_checks import (OneLineParser, device_arg, image_format_problem, non_negative_int_arg, positive_float_arg,
+                         positive_int_arg, probability_arg, seed_arg, writable_file_problem)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,43 +53,54 @@ def demo(_: argparse.Namespace) -> int:
 
 
 def load_image(path: Path):
+    """The image, fully decoded; an image over Pillow's pixel limit (a decompression bomb?) is refused."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise SystemExit(f"error: image file {path} does not exist")
+    from .files import CheckpointError, regular_file
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as err:
+        regular_file(path, "image file")
+    except (FileNotFoundError, CheckpointError) as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise SystemExit(f"error: {path} is too large to decode safely ({err})") from None
+    except MemoryError:
+        raise SystemExit(f"error: not enough memory to decode {path}; shrink the image first") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
         raise SystemExit(f"error: {path} is not an image Pillow can read ({err})") from None
 
 
 def load_model(args: argparse.Namespace):
+    """The checkpoint of --model (default: the shipped PaliGemma-nano) in --dtype on --device; errors in one line."""
     from . import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from .weights import CheckpointError
 
-    folder = args.model
-    if folder is None:  # the embedded default: PaliGemma-nano, trained on synthetic scenes
-        from .nano import load
-        return load(device=args.device)
-    if not folder.is_dir():
+    folder, dtype = args.model, args.dtype and DTYPES[args.dtype]
+    if folder is None:  # the embedded default: PaliGemma-nano, trained on synthetic scenes, in float32 unless asked
+        from .nano import checkpoint_path
+        folder, dtype = checkpoint_path(), dtype or torch.float32
+    elif not folder.is_dir():
         raise SystemExit(f"error: model folder {folder} does not exist (expected a PaliGemma checkpoint folder "
                          "with config.json, model.safetensors and tokenizer.json)")
-    if not (folder / "tokenizer.json").is_file():
+    elif not (folder / "tokenizer.json").exists():
         raise SystemExit(f"error: {folder} has no tokenizer.json; copy the checkpoint's tokenizer.json there")
-    device = torch.device(args.device)
     try:
-        model = PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=args.dtype and DTYPES[args.dtype],
-                                                                  device=device)
+        model = PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=dtype, device=torch.device(args.device))
         processor = PaliGemmaProcessor.from_pretrained(folder)
-    except (FileNotFoundError, CheckpointError, ValueError) as err:
+    except torch.OutOfMemoryError:
+        raise SystemExit(f"error: not enough memory on {args.device} to load {folder}") from None
+    except (OSError, ValueError, TypeError) as err:  # CheckpointError is a ValueError; config errors too
         raise SystemExit(f"error: cannot load {folder}: {err}") from None
     return model, processor
 
 
 def draw_scene(args: argparse.Namespace):
-    """No --image: draw a nano scene (PaliGemma-nano has never seen it), save it as a PNG and say what is in it."""
+    """No --image: draw a nano scene (PaliGemma-nano has never seen it), say what is in it, save it if asked."""
     import random
 
     from .nano import make_scene
@@ -94,27 +108,39 @@ def draw_scene(args: argparse.Namespace):
 
     seed = args.scene_seed if args.scene_seed is not None else HELD_OUT_SEEDS + random.SystemRandom().randrange(10**9)
     scene = make_scene(seed)
-    try:
-        scene.image.save(args.save_scene)
-    except OSError as err:
-        raise SystemExit(f"error: cannot save the scene to {args.save_scene}: {err}") from None
+    saved = "; --save-scene FILE saves it"
+    if args.save_scene is not None:
+        try:
+            scene.image.save(args.save_scene)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: cannot save the scene to {args.save_scene}: {err}") from None
+        saved = f", saved to {args.save_scene}"
     boxes = "; ".join(f"{obj.name} at {list(obj.box)}" for obj in scene.objects)
-    print(f"drew scene {seed} (--scene-seed {seed} draws it again), saved to {args.save_scene}\n"
+    print(f"drew scene {seed} (--scene-seed {seed} draws it again{saved})\n"
           f"it holds {scene.caption} (boxes y_min, x_min, y_max, x_max in pixels: {boxes})")
     return scene.image
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a --save-scene that cannot be written before the model is loaded (nothing is written here)."""
+    if args.save_scene is None:
+        return
+    if args.image is not None:
+        raise SystemExit("error: --save-scene saves the drawn scene, but --image was given: nothing is drawn")
+    problem = writable_file_problem(args.save_scene) or image_format_problem(args.save_scene)
+    if problem:
+        raise SystemExit(f"error: --save-scene {args.save_scene}: {problem}")
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    """Load a checkpoint, read the image, stream the answer to stdout."""
+    """Check the flags, read the image, load the checkpoint, then (no --image) draw a scene; stream the answer."""
     from .generation import generate
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but PyTorch sees no CUDA GPU")
-    if args.image is not None:
-        image = load_image(args.image)
-    else:
+    check_outputs(args)
+    image = load_image(args.image) if args.image is not None else None
+    model, processor = load_model(args)  # a bad --model fails here, before a scene is drawn or saved
+    if image is None:
         image = draw_scene(args)
-    model, processor = load_model(args)
     if args.image is None:
         print(f"prompt: {args.prompt}\nanswer: ", end="", flush=True)
     sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
@@ -130,8 +156,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m paligemma", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m paligemma", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("demo", help="architecture + a tiny random forward pass (the default)").set_defaults(run=demo)
     gen = commands.add_parser("generate", help="run a PaliGemma checkpoint on an image and a prompt",
@@ -140,23 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint folder: config.json, model.safetensors (or shards + index), tokenizer.json "
                           "(default: the shipped PaliGemma-nano, trained on synthetic shapes)")
     gen.add_argument("--image", type=Path,
-                     help="image file (any format Pillow reads); without it, a fresh nano scene is drawn and saved")
-    gen.add_argument("--scene-seed", type=int, help="without --image: which scene to draw (default: a random one)")
-    gen.add_argument("--save-scene", type=Path, default=Path("nano_scene.png"),
-                     help="without --image: where the drawn scene is saved (default: %(default)s)")
+                     help="image file (any format Pillow reads); without it, a fresh nano scene is drawn")
+    gen.add_argument("--scene-seed", type=non_negative_int_arg,
+                     help="without --image: which scene to draw, 0 or more (default: a random held-out one)")
+    gen.add_argument("--save-scene", type=Path, metavar="FILE",
+                     help="without --image: also save the drawn scene to FILE (.png, .jpg, ...); "
+                          "by default nothing is written")
     gen.add_argument("--prompt", default="caption en",
                      help='task prompt, e.g. "caption en", "detect red circle", "answer en how many shapes?" (default: %(default)s)')
-    gen.add_argument("--max-new-tokens", type=int, default=32, help="most tokens to generate (default: %(default)s)")
-    gen.add_argument("--temperature", type=float, help="sample with this temperature instead of greedy decoding")
-    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this probability")
-    gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
-    gen.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+    gen.add_argument("--max-new-tokens", type=positive_int_arg, default=32,
+                     help="most tokens to generate (default: %(default)s)")
+    gen.add_argument("--temperature", type=positive_float_arg,
+                     help="sample with this temperature (> 0) instead of greedy decoding")
+    gen.add_argument("--top-p", type=probability_arg,
+                     help="sample from the smallest set of tokens holding this probability, in (0, 1]")
+    gen.add_argument("--top-k", type=positive_int_arg, help="sample from the k most likely tokens")
+    gen.add_argument("--seed", type=seed_arg, help="random seed from 0 to 2**64 - 1, for reproducible sampling")
     gen.add_argument("--compile", action="store_true",
                      help="compile the decode step (CUDA graphs on a GPU): slower start, faster tokens")
-    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    gen.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cpu, cuda or cuda:N (default: %(default)s)")
     gen.add_argument("--dtype", choices=sorted(DTYPES),
-                     help="weights' dtype (default: bfloat16 on cuda, float32 on cpu)")
+                     help="weights' dtype (default: float32 for the shipped nano model; for --model, "
+                          "bfloat16 on cuda and float32 on cpu)")
     gen.set_defaults(run=run_generate)
     return parser
 

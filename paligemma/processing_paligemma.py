@@ -10,17 +10,20 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer
 
+from .files import CheckpointError, read_json_object, regular_file
 from .modeling_paligemma import IGNORE_INDEX
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode (RGBA, LA, L, P, CMYK, I;16 ...) -> RGB; transparent pixels become white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit greyscale: scale into 8 bits first
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(array.max(), 1.0)
-        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    """Any Pillow mode -> RGB with the pixel values transformers' SigLIP image processor gives.
+
+    An image with an alpha band or a transparent colour (P or RGB PNGs with a tRNS chunk) is laid over white;
+    every other mode goes through Pillow's `convert("RGB")`, which clips 16-bit, 32-bit and float greyscale
+    (I;16, I, F) to 0..255 rather than rescaling it: scale such an image to 8 bits first if it uses a wider range.
+    """
+    transparent = "A" in image.getbands() or image.info.get("transparency") is not None
+    if not transparent:
+        return image if image.mode == "RGB" else image.convert("RGB")
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
@@ -39,6 +42,7 @@ class PaliGemmaProcessor:
             raise TypeError(f"tokenizer must be a tokenizers.Tokenizer (e.g. Tokenizer.from_file('tokenizer.json')), "
                             f"got {type(tokenizer).__name__}")
         self.tokenizer, self.image_size, self.num_image_tokens = tokenizer, image_size, num_image_tokens
+        self.image_token = image_token
         ids = {}
         for name, token in (("image", image_token), ("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
             ids[name] = tokenizer.token_to_id(token)
@@ -52,12 +56,17 @@ class PaliGemmaProcessor:
         """tokenizer.json + the image size and token count from config.json of a checkpoint folder."""
         from .configuration import PaliGemmaConfig
         path = Path(path)
-        if not (path / "tokenizer.json").is_file():
+        if not (path / "tokenizer.json").exists():
             raise FileNotFoundError(f"no tokenizer.json in {path}: PaliGemmaProcessor needs the checkpoint's "
                                     "tokenizer (a tokenizers JSON file)")
-        config = PaliGemmaConfig.from_pretrained(path)
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), config.vision_config.image_size,
-                   config.num_image_tokens)
+        config = PaliGemmaConfig.from_dict(read_json_object(path / "config.json", "config file"))
+        regular_file(path / "tokenizer.json", "tokenizer file")
+        try:
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as error:  # the tokenizers library raises a bare Exception for any malformed file
+            raise CheckpointError(f"tokenizer file {path / 'tokenizer.json'} is not one the tokenizers library "
+                                  f"can read: {str(error).splitlines()[0][:200]}") from None
+        return cls(tokenizer, config.vision_config.image_size, config.num_image_tokens)
 
     def process_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB, bicubic resize to image_size x image_size, [0, 255] -> [-1, 1]: (B, 3, S, S) float32."""
@@ -66,26 +75,49 @@ class PaliGemmaProcessor:
             if not isinstance(image, Image.Image):
                 raise TypeError(f"images[{i}] is a {type(image).__name__}, expected a PIL.Image.Image "
                                 "(open files with PIL.Image.open)")
-            image = to_rgb(image).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            if 0 in image.size:
+                raise ValueError(f"images[{i}] is {image.width}x{image.height} pixels: an empty image has nothing "
+                                 "to show the model")
+            try:
+                image = to_rgb(image).resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            except (OSError, ValueError) as error:  # a truncated file opened lazily, or a mode Pillow cannot convert
+                raise ValueError(f"images[{i}] (mode {image.mode}) cannot be read as RGB: {error}") from None
             arrays.append(np.asarray(image, dtype=np.float32) / 255.0)  # (S, S, 3) in [0, 1]
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, 3, S, S)
         return (pixels - 0.5) / 0.5  # mean = std = 0.5 per channel
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """`<image>` x num_image_tokens, `<bos>`, the prompt's tokens, "\\n"'s token(s)."""
-        text_ids = self.tokenizer.encode(prompt + "\n", add_special_tokens=False).ids
-        return [self.image_token_id] * self.num_image_tokens + [self.bos_token_id] + text_ids
+        """`<image>` x num_image_tokens, `<bos>`, the prompt's tokens, "\\n"'s token(s).
+
+        As in transformers' processor, a prompt may say where its image goes with one literal `<image>`: the
+        image tokens replace it and `<bos>` follows it, so "<image>caption en" gives the ids of "caption en".
+        """
+        before, placeholder, after = prompt.rpartition(self.image_token)
+        if not placeholder:
+            before, after = "", prompt
+        head = self.tokenizer.encode(before, add_special_tokens=False).ids if before else []
+        text_ids = self.tokenizer.encode(after + "\n", add_special_tokens=False).ids
+        return head + [self.image_token_id] * self.num_image_tokens + [self.bos_token_id] + text_ids
 
     def __call__(self, text: str | Sequence[str], images, suffix: str | Sequence[str] | None = None) -> dict:
-        texts = [text] if isinstance(text, str) else list(text)
-        images = [images] if isinstance(images, Image.Image) else list(images)
+        texts = self._strings(text, "text")
+        if isinstance(images, Image.Image):
+            images = [images]
+        elif not isinstance(images, (list, tuple)):
+            raise TypeError(f"images must be a PIL.Image.Image or a list of them, got {type(images).__name__}")
         if len(texts) != len(images):
             raise ValueError(f"got {len(texts)} prompts and {len(images)} images: PaliGemma takes one image per prompt")
         if not texts:
             raise ValueError("no prompts given")
-        suffixes = None if suffix is None else ([suffix] if isinstance(suffix, str) else list(suffix))
+        suffixes = None if suffix is None else self._strings(suffix, "suffix")
         if suffixes is not None and len(suffixes) != len(texts):
             raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} prompts")
+        for name, strings in (("text", texts), ("suffix", suffixes or [])):
+            for i, string in enumerate(strings):
+                count = string.count(self.image_token)
+                if count > (1 if name == "text" else 0):
+                    raise ValueError(f"{name}[{i}] holds {count} {self.image_token!r} placeholders; a prompt may "
+                                     f"hold one (where its one image goes), a suffix none")
 
         rows = []  # (ids, token types) per example
         for i, prompt in enumerate(texts):
@@ -109,6 +141,18 @@ class PaliGemmaProcessor:
             out["token_type_ids"] = token_type_ids
             out["labels"] = input_ids.masked_fill(token_type_ids == 0, IGNORE_INDEX)
         return out
+
+    @staticmethod
+    def _strings(value, name: str) -> list[str]:
+        """A str or a list/tuple of str, as a list; anything else is a TypeError naming the argument."""
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise TypeError(f"{name}[{i}] is a {type(item).__name__}, expected a str")
+        return list(value)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)

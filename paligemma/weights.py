@@ -2,74 +2,80 @@
 
 Loading is strict (every missing, unexpected or mis-shaped key is named in the error) and builds the
 model on the `meta` device first, then reads one tensor at a time straight from the file into its
-own memory (no memory map), so a checkpoint is held in memory once, not twice.
-
-A .safetensors file is: 8 bytes (little-endian u64) giving the header's length N, N bytes of JSON
-{name: {"dtype", "shape", "data_offsets": [start, end]}, "__metadata__": {...}}, then the raw bytes.
+own memory (no memory map), so a checkpoint is held in memory once, not twice. Every file is parsed
+strictly (`safetensors_format.py`, `files.py`): a malformed one raises a `CheckpointError` naming it. A
+tensor holding NaN or inf (or whose values overflow the dtype asked for) is refused: such a model only
+ever outputs NaN, and a training run that diverged should not pass for a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePath
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .files import CheckpointError, read_json_object, regular_file
+from .safetensors_format import DTYPES, file_header, read_header, read_tensor
+
+__all__ = ["CheckpointError", "file_header", "load_checkpoint", "save_checkpoint", "checkpoint_files"]
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
-
-
-def read_header(file: BinaryIO) -> tuple[dict, int]:
-    """The JSON header of a .safetensors file, without metadata, and where the tensor bytes start."""
-    (length,) = struct.unpack("<Q", file.read(8))
-    header = json.loads(file.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
-def read_tensor(file: BinaryIO, entry: dict, data_start: int) -> torch.Tensor:
-    """Read one tensor's bytes from the file directly into a new tensor's memory."""
-    if entry["dtype"] not in DTYPES:
-        raise ValueError(f"unsupported safetensors dtype {entry['dtype']}")
-    tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
-    start, end = entry["data_offsets"]
-    if end - start != tensor.numel() * tensor.element_size():
-        raise ValueError(f"corrupt safetensors entry: {end - start} bytes for shape {entry['shape']} {entry['dtype']}")
-    file.seek(data_start + start)
-    if file.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - start:
-        raise ValueError("safetensors file ends before the tensor's last byte")
-    return tensor
-
-
-def file_header(path: Path) -> dict:
-    with open(path, "rb") as file:
-        return read_header(file)[0]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that does not fit the model: missing, unexpected or mis-shaped tensors."""
+FINITE_CHECK_CHUNK = 1 << 24  # elements per isfinite() pass: a bounded temporary, even for a 500M-entry table
 
 
 def checkpoint_files(path: str | Path) -> dict[str, Path]:
     """Map every tensor name in a checkpoint folder to the safetensors file that holds it."""
+    return checkpoint_headers(path)[0]
+
+
+def checkpoint_headers(path: str | Path) -> tuple[dict[str, Path], dict[Path, dict]]:
+    """({tensor name: its file}, {file: its checked header}) of a folder with model.safetensors or an index + shards."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-    if (path / INDEX_FILE).is_file():
-        weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
-        return {name: path / file for name, file in weight_map.items()}
-    if (path / SINGLE_FILE).is_file():
-        return {name: path / SINGLE_FILE for name in file_header(path / SINGLE_FILE)}
+    if (path / INDEX_FILE).exists():
+        files = index_files(path / INDEX_FILE)
+        headers = {file: file_header(file) for file in sorted(set(files.values()))}
+        for key, file in files.items():
+            if key not in headers[file]:
+                raise CheckpointError(f"{path / INDEX_FILE} places tensor {key!r} in {file.name}, "
+                                      "which does not hold it")
+        return files, headers
+    if (path / SINGLE_FILE).exists():
+        header = file_header(path / SINGLE_FILE)
+        return {key: path / SINGLE_FILE for key in header}, {path / SINGLE_FILE: header}
     found = sorted(p.name for p in path.iterdir())
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path} (found: {found[:10]})")
+
+
+def index_files(index_path: Path) -> dict[str, Path]:
+    """The index's weight_map as {tensor name: shard path}; shard names must be plain files of the folder."""
+    weight_map = read_json_object(index_path, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path} has no \"weight_map\" object {{tensor name: shard file}}")
+    files: dict[str, Path] = {}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index_path}: the shard of {key!r} is {shard!r}, expected a file name")
+        parts = PurePath(shard).parts
+        if PurePath(shard).is_absolute() or ".." in parts or not parts:
+            raise CheckpointError(f"{index_path}: shard name {shard!r} (for {key!r}) must be a file name inside "
+                                  "the checkpoint folder, not an absolute path or one with '..'")
+        files[key] = index_path.parent / shard
+    for file in sorted(set(files.values())):
+        try:
+            regular_file(file, "shard")
+        except FileNotFoundError:
+            raise CheckpointError(f"{index_path} names the shard {file.name}, which is not in "
+                                  f"{index_path.parent}") from None
+        except CheckpointError as error:
+            raise CheckpointError(f"{index_path}: {error}") from None
+    return files
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -89,11 +95,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, rename: Callable[[str], 
     """Fill `model` (usually built on `meta`) with the tensors of a checkpoint folder.
 
     `rename` maps a checkpoint key to our parameter name (None = a key to skip on purpose);
-    `optional` lists our names that may be absent (e.g. a tied lm_head).
+    `optional` lists our names that may be absent (e.g. a tied lm_head). Tensors holding NaN or inf are refused.
     """
     device = torch.device(device or "cpu")
     dtype = dtype or default_dtype(device)
-    files = checkpoint_files(path)
+    files, headers = checkpoint_headers(path)
     ours = dict(model.named_parameters(remove_duplicate=False))
     ours.update(model.named_buffers(remove_duplicate=False))
     persistent = set(model.state_dict(keep_vars=True))
@@ -118,25 +124,40 @@ def load_checkpoint(model: nn.Module, path: str | Path, rename: Callable[[str], 
     for name, key in renamed.items():
         if name in expected:
             by_file.setdefault(files[key], []).append(name)
-    shapes, headers = [], {file: file_header(file) for file in by_file}
+    shapes, kinds = [], []
     for file, names in by_file.items():
         for name in names:
-            shape = tuple(headers[file][renamed[name]]["shape"])
-            if shape != tuple(ours[name].shape):
-                shapes.append(f"{renamed[name]}: checkpoint {shape}, model {tuple(ours[name].shape)}")
+            entry = headers[file][renamed[name]]
+            if tuple(entry["shape"]) != tuple(ours[name].shape):
+                shapes.append(f"{renamed[name]}: checkpoint {tuple(entry['shape'])}, model {tuple(ours[name].shape)}")
+            if DTYPES[entry["dtype"]].is_floating_point != ours[name].is_floating_point():
+                kinds.append(f"{renamed[name]}: checkpoint {entry['dtype']}, model {ours[name].dtype}")
     if shapes:
         problems.append("shape mismatches: " + "; ".join(shapes[:8]) + (" …" if len(shapes) > 8 else ""))
+    if kinds:
+        problems.append("dtype mismatches (floating-point tensors need floating-point data): " + "; ".join(kinds[:8])
+                        + (" …" if len(kinds) > 8 else ""))
     if problems:
         raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: " + " | ".join(problems))
 
     for file, names in by_file.items():
         with open(file, "rb") as f:
-            header, data_start = read_header(f)
+            header, data_start = read_header(f, file)
             for name in names:  # one tensor at a time: read, converted, moved, then handed to the model
-                tensor = read_tensor(f, header[renamed[name]], data_start)
-                tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+                source = read_tensor(f, header[renamed[name]], data_start, file)
+                tensor = source.to(device=device, dtype=dtype if source.is_floating_point() else source.dtype)
+                if tensor.is_floating_point() and not all_finite(tensor):
+                    reason = (f"has values too large for {dtype} (they overflow to inf)" if all_finite(source)
+                              else "holds NaN or inf values")
+                    raise CheckpointError(f"{file}: tensor {renamed[name]!r} {reason}; a model with such weights "
+                                          "outputs only NaN, so the checkpoint is refused")
                 _set_tensor(model, name, tensor)
     return model
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no inf, checked in chunks so the temporary stays small."""
+    return all(bool(torch.isfinite(chunk).all()) for chunk in tensor.reshape(-1).split(FINITE_CHECK_CHUNK))
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from functools import partial
 
 import pytest
@@ -162,3 +164,20 @@ def tiny_tokenizer(vocab_size: int = 97, image_token_index: int = 96):
     ])
     tokenizer.add_special_tokens(["<pad>", "<eos>", "<bos>", "<image>"])
     return tokenizer
+
+
+@contextlib.contextmanager
+def fifo_guard(path, seconds: float = 5.0):
+    """If the code under test opens the FIFO `path` for reading, open its other end after a few seconds, so a
+    test of "FIFOs are refused" fails instead of hanging forever."""
+    done = threading.Event()
+
+    def unblock():
+        if not done.wait(seconds):
+            with open(path, "wb"):
+                pass
+    threading.Thread(target=unblock, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()

@@ -27,13 +27,38 @@ def test_environment_yml_installs_the_pyproject_dev_extra():
     assert "dev" in pyproject["project"]["optional-dependencies"]
 
 
-def test_ci_runs_the_readme_test_command_after_pinned_torch():
-    ci = (ROOT / ".ci" / "run").read_text()
+def readme_block(title: str) -> list[str]:
+    """The command lines of the README's ```bash block that starts with `# title`."""
     readme = (ROOT / "README.md").read_text()
-    assert "set -euo pipefail" in ci
-    assert ci.index("torch==2.13.0") < ci.index('-e ".[dev]"')
-    test_command = re.search(r"```bash\n# test\n(.+?)\n```", readme, flags=re.S).group(1).strip()
-    assert ci.rstrip().endswith(test_command)
+    block = re.search(rf"```bash\n# {re.escape(title)}.*?\n(.+?)\n```", readme, flags=re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_set_up_command_then_its_test_command():
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    (set_up,) = readme_block("set up")
+    assert set_up == "bash scripts/setup.sh && source .venv/bin/activate"
+    assert ci[0] == "set -euo pipefail" and not any("pip install" in line for line in ci)  # only the script installs
+    steps = ["bash scripts/setup.sh .ci-venv", "source .ci-venv/bin/activate", *readme_block("test")]
+    assert [line for line in ci if line in steps] == steps and ci[-1] == steps[-1]
+
+
+def test_setup_script_pins_torch_before_and_with_the_project():
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "set -euo pipefail" in script and 'torch_pin="torch==2.13.0"' in script
+    torch_first = script.index('pip install --quiet "$torch_pin"')
+    project = script.index('pip install --quiet -e ".[dev]" "$torch_pin"')
+    assert torch_first < project < script.index("ipykernel install --sys-prefix --name python3")
+
+
+def test_license_file_and_metadata_agree():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "Apache-2.0"  # the SPDX string, not the deprecated table
+    assert pyproject["build-system"]["requires"] == ["setuptools>=77"]  # the first to read that form
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License\n                           Version 2.0, January 2004")
+    assert "END OF TERMS AND CONDITIONS" in text and len(text.splitlines()) == 201
 
 
 def test_runtime_dependencies_are_the_documented_ones():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from pathlib import Path
 
 import torch
 
+from ..cli_checks import OneLineParser, device_arg, positive_int_arg, writable_file_problem
 from . import __doc__ as DESCRIPTION
 from .load_memory import load_peak_memory
 from .report import format_table
@@ -14,22 +15,29 @@ from .speed import DTYPES, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paligemma.benchmark", description=DESCRIPTION)
+    parser = OneLineParser(prog="python -m paligemma.benchmark", description=DESCRIPTION)
     parser.add_argument("--config", default="small", choices=["tiny", "small", "gemma-2b", "paligemma-3b"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default: 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept")
+    parser.add_argument("--new-tokens", type=positive_int_arg, default=32,
+                        help="tokens generated per run, at least 2 (default: 32)")
+    parser.add_argument("--repeats", type=positive_int_arg, default=3,
+                        help="timed runs per measurement; the median is kept (default: 3)")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers rows")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows (compiling takes a while)")
     parser.add_argument("--load-check", action="store_true",
                         help="instead: peak memory of loading a checkpoint of this config, relative to its size")
-    parser.add_argument("--json", help="also write the report to this JSON file")
+    parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     args = parser.parse_args(argv)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (the first token measures prefill)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    problem = args.json and writable_file_problem(args.json)  # checked now, not after minutes of timing
+    if problem:
+        parser.error(f"--json {args.json}: {problem}")
+    if not (args.load_check or args.no_transformers or transformers_installed()):
+        parser.error("the transformers rows need the transformers package: install the dev extra "
+                     "(pip install -e \".[dev]\") or pass --no-transformers")
     if args.load_check:
         report = load_peak_memory(args.config, args.device, args.dtype or "bfloat16")
         print(f"loading a {report['checkpoint_gb']:.2f} GB {args.config} checkpoint: host peak "
@@ -45,3 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(report, f, indent=2)
             f.write("\n")
     return 0
+
+
+def transformers_installed() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
