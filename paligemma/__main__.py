@@ -5,6 +5,8 @@
   python -m paligemma generate --prompt "detect red circle"
   python -m paligemma generate --model DIR --image PATH --prompt "caption en"
                                            caption / answer / detect with a checkpoint folder, streamed
+  python -m paligemma generate --model gemma-3-270m --prompt "The capital of France is"
+                                           the real Gemma 3 270M (or any Gemma GGUF file / folder) continues text
 """
 
 from __future__ import annotations
@@ -134,8 +136,13 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Check the flags, read the image, load the checkpoint, then (no --image) draw a scene; stream the answer."""
+    from .cli_text import is_text_model, run_text_generation
     from .generation import generate
 
+    if is_text_model(args.model):
+        return run_text_generation(args, args.dtype and DTYPES[args.dtype])
+    if args.prompt is None:
+        args.prompt = "caption en"
     check_outputs(args)
     image = load_image(args.image) if args.image is not None else None
     model, processor = load_model(args)  # a bad --model fails here, before a scene is drawn or saved
@@ -160,11 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("demo", help="architecture + a tiny random forward pass (the default)").set_defaults(run=demo)
-    gen = commands.add_parser("generate", help="run a PaliGemma checkpoint on an image and a prompt",
-                              description="Caption, answer or detect: the answer is printed as it is generated.")
+    gen = commands.add_parser("generate", help="run a PaliGemma checkpoint on an image and a prompt, or a Gemma on text",
+                              description="Caption, answer or detect (or continue text with a Gemma): the answer is "
+                                          "printed as it is generated.")
     gen.add_argument("--model", type=Path,
-                     help="checkpoint folder: config.json, model.safetensors (or shards + index), tokenizer.json "
-                          "(default: the shipped PaliGemma-nano, trained on synthetic shapes)")
+                     help="PaliGemma checkpoint folder: config.json, model.safetensors (or shards + index), "
+                          "tokenizer.json (default: the shipped PaliGemma-nano, trained on synthetic shapes); or a "
+                          "text-only Gemma: a GGUF file, a Gemma folder, or gemma-3-270m (the installed real model)")
     gen.add_argument("--image", type=Path,
                      help="image file (any format Pillow reads); without it, a fresh nano scene is drawn")
     gen.add_argument("--scene-seed", type=non_negative_int_arg,
@@ -172,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--save-scene", type=Path, metavar="FILE",
                      help="without --image: also save the drawn scene to FILE (.png, .jpg, ...); "
                           "by default nothing is written")
-    gen.add_argument("--prompt", default="caption en",
-                     help='task prompt, e.g. "caption en", "detect red circle", "answer en how many shapes?" (default: %(default)s)')
-    gen.add_argument("--max-new-tokens", type=positive_int_arg, default=32,
+    gen.add_argument("--prompt",
+                     help='task prompt, e.g. "caption en" (the default for image models), "detect red circle", '
+                          '"answer en how many shapes?"; for a text model, the text to continue')
+    gen.add_argument("--max-new-tokens", type=positive_int_arg, default=64,
                      help="most tokens to generate (default: %(default)s)")
     gen.add_argument("--temperature", type=positive_float_arg,
                      help="sample with this temperature (> 0) instead of greedy decoding")

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-
-def read_json_object(path: Path, what: str = "config.json") -> dict:
-    """The JSON object in `path`; a file that is not JSON, or not an object, is a ValueError naming it."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a valid JSON {what} ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object (a {what}), not a JSON {type(value).__name__}")
-    return value
+from .files import read_json_object
 
 
 def _is_number(value) -> bool:
@@ -56,7 +46,7 @@ class ConfigMixin:
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no config.json found at {path}")
-        return cls.from_dict(read_json_object(file))
+        return cls.from_dict(read_json_object(file, "config.json"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

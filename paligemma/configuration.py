@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .config_base import ConfigMixin, read_json_object
+from .config_base import ConfigMixin
 
-__all__ = ["GemmaConfig", "SiglipVisionConfig", "PaliGemmaConfig", "read_json_object"]
+__all__ = ["GemmaConfig", "SiglipVisionConfig", "PaliGemmaConfig"]
 
 # Activation names found in real Gemma config.json files. Gemma was trained with the tanh
 # approximation of GELU; old configs say "gelu" but mean the same thing (transformers maps it too).
