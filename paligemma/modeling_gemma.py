@@ -238,6 +238,8 @@ class GemmaForCausalLM(nn.Module):
 
     def save_pretrained(self, path: str | Path, max_shard_size: int | None = None) -> None:
         """Write config.json + model.safetensors (sharded above `max_shard_size` bytes) for transformers too."""
+        if getattr(self, "quantized", None):
+            raise ValueError(f"this model was quantized for decoding ({self.quantized}); save the original instead")
         state = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}  # tied: stored once
         config = self.config.to_hf_dict()
         config["dtype"] = str(self.model.embed_tokens.weight.dtype).removeprefix("torch.")

@@ -70,7 +70,7 @@ def reusable_cache(language_model, batch: int, max_length: int, compiled: bool) 
     """
     if not compiled:
         return language_model.new_kv_cache(max_length=max_length)
-    weight = language_model.lm_head.weight
+    weight = language_model.model.norm.weight  # (the lm_head may be a quantized layer with no .weight)
     caches = language_model.__dict__.setdefault("_static_caches", OrderedDict())
     key = (batch, max_length, weight.dtype, weight.device)
     if key not in caches:
