@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from paligemma import (GemmaRMSNorm, GemmaRotaryEmbedding, PaliGemmaForConditionalGeneration, SiglipVisionConfig,
-                       apply_rotary_pos_emb, rotate_half)
-from paligemma.exercises import (check_apply_rope, check_num_image_tokens, check_parameter_count,
-                                 check_rms_norm, check_rotate_half)
+from paligemma import (GemmaRMSNorm, GemmaRotaryEmbedding, PaliGemmaForConditionalGeneration, apply_rotary_pos_emb,
+                       rotate_half)
+from paligemma.exercises import (check_interleaved_to_half_split, check_num_image_tokens, check_parameter_count,
+                                 check_partial_rope, check_rms_norm)
 from exercise_helpers import assert_rejected, not_written
 
 
@@ -14,35 +14,53 @@ def test_checkers_are_exported_from_their_topic_modules():
     from paligemma.exercises import overview, rmsnorm, rope
     assert overview.__all__ == ["check_num_image_tokens", "check_parameter_count"]
     assert rmsnorm.__all__ == ["check_rms_norm"]
-    assert rope.__all__ == ["check_rotate_half", "check_apply_rope"]
+    assert rope.__all__ == ["check_partial_rope", "check_interleaved_to_half_split"]
 
 
 @pytest.mark.parametrize("checker", [check_num_image_tokens, check_parameter_count, check_rms_norm,
-                                     check_rotate_half, check_apply_rope])
+                                     check_partial_rope, check_interleaved_to_half_split])
 def test_a_stub_is_reported_as_not_implemented(checker):
     assert_rejected(checker, not_written, "not_written is not implemented yet")
 
 
 # ---------------------------------------------------------------- image tokens (notebook 00)
 
+def conv_tokens(height, width, patch_size):
+    """The count read off a real stride-p convolution's output."""
+    conv = torch.nn.Conv2d(3, 1, patch_size, stride=patch_size)
+    return conv(torch.zeros(1, 3, height, width)).shape[-2:].numel()
+
+
 def test_num_image_tokens_accepts_the_package(capsys):
-    check_num_image_tokens(lambda image_size, patch_size: SiglipVisionConfig(image_size=image_size,
-                                                                             patch_size=patch_size).num_patches)
-    check_num_image_tokens(lambda image_size, patch_size: torch.tensor((image_size // patch_size) ** 2))
+    check_num_image_tokens(conv_tokens)
+    check_num_image_tokens(lambda h, w, p: torch.tensor((h // p) * (w // p)))
     assert capsys.readouterr().out.count("Correct: num_image_tokens") == 2
 
 
 @pytest.mark.parametrize("wrong, phrases", [
-    (lambda s, p: s // p, ["returned 16, expected 256", "16 x 16 patches"]),
-    (lambda s, p: s * s // p, ["returned 3584", "patch_size x patch_size pixels"]),
-    (lambda s, p: (s // p) ** 2 + 1, ["returned 257", "no class token"]),
-    (lambda s, p: 3 * (s // p) ** 2, ["colour channels"]),
-    (lambda s, p: (s / p) ** 2, ["256.0, a float", "//"]),
-    (lambda s, p: str((s // p) ** 2), ["should return an int, got str"]),
-    (lambda s, p: 256, ["image_size=448", "returned 256, expected 1024"]),
+    (lambda h, w, p: -(-h // p) * -(-w // p), ["height=230", "returned 374, expected 336", "leftover pixels",
+                                                "floor division"]),
+    (lambda h, w, p: h * w // (p * p), ["returned 352", "area"]),
+    (lambda h, w, p: (h // p) ** 2, ["returned 256, expected 336", "height for both sides"]),
+    (lambda h, w, p: (h // p) * (w // p) + 1, ["returned 257", "no class token"]),
+    (lambda h, w, p: 3 * (h // p) * (w // p), ["colour channels"]),
+    (lambda h, w, p: h / p * (w / p), ["256.0, a float", "//"]),
+    (lambda h, w, p: round(h / p) * round(w / p), ["height=30", "returned 12, expected 8", "rounded"]),
+    (lambda h, w, p: str((h // p) * (w // p)), ["should return an int, got str"]),
+    (lambda h, w, p: 256, ["height=448", "returned 256, expected 1024"]),
 ])
 def test_num_image_tokens_names_the_mistake(wrong, phrases):
     assert_rejected(check_num_image_tokens, wrong, *phrases)
+
+
+def test_a_crash_in_the_learners_code_is_one_line_naming_it():
+    def crashes(height, width, patch_size):
+        grid = torch.zeros(height // patch_size)
+        return int((grid + torch.zeros(width // patch_size + 1)).sum())  # shapes 32 and 33 do not broadcast
+
+    assert_rejected(check_num_image_tokens, lambda h, w, p: 256 if h == 224 else crashes(h, w, p),
+                    "raised RuntimeError: The size of tensor a (32) must match", "of your code",
+                    "(grid + torch.zeros(width // patch_size + 1)).sum()")
 
 
 # ---------------------------------------------------------------- parameter count (notebook 00)
@@ -149,70 +167,75 @@ def test_rms_norm_must_not_change_its_input():
     assert_rejected(check_rms_norm, in_place, "changed its input in place")
 
 
-# ---------------------------------------------------------------- rotate_half and RoPE (notebook 02)
+# ---------------------------------------------------------------- partial RoPE and checkpoint conversion (notebook 02)
 
-def test_rotate_half_accepts_the_package(capsys):
-    check_rotate_half(rotate_half)
-    check_rotate_half(lambda x: torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1))
-    assert capsys.readouterr().out.count("Correct: rotate_half") == 2
-
-
-def halves(x):
-    return x.chunk(2, dim=-1)
-
-
-@pytest.mark.parametrize("wrong, phrases", [
-    (lambda x: torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2), ["interleaved", "i + d/2"]),
-    (lambda x: torch.cat((halves(x)[1], -halves(x)[0]), dim=-1), ["minus sign is on the wrong half"]),
-    (lambda x: torch.cat((halves(x)[1], halves(x)[0]), dim=-1), ["minus sign is missing"]),
-    (lambda x: torch.cat((-x.chunk(2, dim=2)[1], x.chunk(2, dim=2)[0]), dim=2), ["time axis (dim 2)"]),
-    (lambda x: -halves(x)[1], ["shape (2, 4, 6, 4)", "one half only"]),
-    (lambda x: rotate_half(x) * 1.5, ["wrong values"]),
-])
-def test_rotate_half_names_the_mistake(wrong, phrases):
-    assert_rejected(check_rotate_half, wrong, *phrases)
-
-
-def package_rope(x, position_ids, theta):
-    cos, sin = GemmaRotaryEmbedding(x.shape[-1], theta)(x, position_ids)
+def package_rope(x, position_ids, base):
+    cos, sin = GemmaRotaryEmbedding(x.shape[-1], base)(x, position_ids)
     return apply_rotary_pos_emb(x, x, cos, sin)[0]
 
 
-def rope_variant(kind="right"):
-    """A from-scratch RoPE in float32; `kind` makes one of the usual mistakes."""
-    def rope(x, position_ids, theta):
-        d = x.shape[-1]
-        exponents = torch.arange(d // 2) / d if kind == "exponent" else torch.arange(0, d, 2) / d
-        inv_freq = 1.0 / (10000.0 if kind == "theta" else theta) ** exponents.float()
-        positions = position_ids.to(x.dtype if kind == "low precision" else torch.float32)
-        angles = (positions[:, None, :, None] * inv_freq.to(positions.dtype)).float()  # (B, 1, T, d/2)
-        if kind == "interleaved":
-            angles = angles.repeat_interleave(2, dim=-1)
-            turned = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
-        else:
-            angles = angles.repeat_interleave(2, dim=-1) if kind == "repeat" else torch.cat((angles, angles), -1)
-            turned = rotate_half(x)
-        sign = -1 if kind == "sign" else 1
-        return (x.float() * angles.cos() + sign * turned.float() * angles.sin()).to(x.dtype)
-    return rope
+def partial_rope(x, position_ids, rotary_dim, base, kind="right"):
+    """Partial RoPE from the package's pieces; `kind` makes one of the usual mistakes."""
+    d = x.shape[-1]
+    if kind == "whole":
+        return package_rope(x, position_ids, base)
+    if kind == "last":
+        return torch.cat((x[..., :d - rotary_dim], package_rope(x[..., d - rotary_dim:], position_ids, base)), -1)
+    if kind == "only":
+        return package_rope(x[..., :rotary_dim], position_ids, base)
+    rot = x[..., :rotary_dim]
+    if kind == "full-width frequencies":
+        inv_freq = 1.0 / base ** (torch.arange(0, rotary_dim, 2).float() / d)
+        angles = position_ids[:, None, :, None].float() * inv_freq
+        angles = torch.cat((angles, angles), -1)
+        turned = rot * angles.cos() + rotate_half(rot) * angles.sin()
+    elif kind == "cut tables":
+        cos, sin = GemmaRotaryEmbedding(d, base)(x, position_ids)
+        turned = rot * cos[:, None, :, :rotary_dim] + rotate_half(rot) * sin[:, None, :, :rotary_dim]
+    else:
+        turned = package_rope(rot, position_ids, base)
+    return torch.cat((turned, x[..., rotary_dim:] * (2 if kind == "rest changed" else 1)), -1)
 
 
-def test_rope_accepts_the_package_and_a_float32_variant(capsys):
-    check_apply_rope(package_rope)
-    check_apply_rope(rope_variant())
-    assert capsys.readouterr().out.count("Correct: RoPE") == 2
+def test_partial_rope_accepts_the_package(capsys):
+    check_partial_rope(partial_rope)
+    assert capsys.readouterr().out.count("Correct: partial_rope") == 1
+
+
+@pytest.mark.parametrize("kind, phrases", [
+    ("whole", ["rotated the whole head"]),
+    ("last", ["rotated the last rotary_dim channels"]),
+    ("only", ["shape (2, 3, 5, 8), expected (2, 3, 5, 16)", "concatenate the unrotated rest"]),
+    ("full-width frequencies", ["base^(-2i / rotary_dim)", "too slowly"]),
+    ("cut tables", ["cut the head_dim-wide cos/sin tables"]),
+    ("rest changed", ["pass through unchanged"]),
+])
+def test_partial_rope_names_the_mistake(kind, phrases):
+    assert_rejected(check_partial_rope, lambda x, p, r, b: partial_rope(x, p, r, b, kind), *phrases)
+
+
+def to_half_split(weight, num_heads, head_dim):
+    order = torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
+    return weight.view(num_heads, head_dim, -1)[:, order].reshape(weight.shape)
+
+
+def test_interleaved_to_half_split_accepts_a_per_head_permutation(capsys):
+    check_interleaved_to_half_split(to_half_split)
+    assert capsys.readouterr().out.count("Correct: interleaved_to_half_split") == 1
+
+
+def forward_permutation(weight, num_heads, head_dim):
+    order = torch.stack((torch.arange(head_dim // 2), torch.arange(head_dim // 2, head_dim)), -1).flatten()
+    return weight.view(num_heads, head_dim, -1)[:, order].reshape(weight.shape)
 
 
 @pytest.mark.parametrize("wrong, phrases", [
-    (rope_variant("interleaved"), ["interleaved layout", "rotate_half"]),
-    (rope_variant("repeat"), ["repeat_interleave", "torch.cat((angles, angles), dim=-1)"]),
-    (rope_variant("sign"), ["wrong way"]),
-    (rope_variant("exponent"), ["theta^(-i/d)"]),
-    (rope_variant("theta"), ["theta=100", "theta argument is not used"]),
-    (rope_variant("low precision"), ["bfloat16", "positions from [8000, 8100]", "angles in float32"]),
-    (lambda x, p, theta: package_rope(x, torch.arange(x.shape[2])[None], theta), ["ignored position_ids"]),
-    (lambda x, p, theta: package_rope(x, p, theta).float(), ["returned torch.float32", "input's dtype"]),
-    (lambda x, p, theta: package_rope(x, p, theta).transpose(1, 2), ["shape (2, 5, 3, 16)"]),
+    (forward_permutation, ["the other way", "argsort"]),
+    (lambda w, h, d: to_half_split(w, 1, h * d), ["as if it were one head"]),
+    (lambda w, h, d: to_half_split(w.T, 1, w.shape[1]).T, ["columns"]),
+    (lambda w, h, d: w.clone(), ["original order"]),
+    (lambda w, h, d: w.T, ["(20, 24)", "do not transpose"]),
+    (lambda w, h, d: to_half_split(w, h, d).flip(0), ["scores off by", "old channel 2i"]),
 ])
-def test_rope_names_the_mistake(wrong, phrases):
-    assert_rejected(check_apply_rope, wrong, *phrases)
+def test_interleaved_to_half_split_names_the_mistake(wrong, phrases):
+    assert_rejected(check_interleaved_to_half_split, wrong, *phrases)

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paligemma import GemmaDecoderLayer, GemmaMLP, KVCache, repeat_kv
-from paligemma.exercises import (check_causal_mask, check_decoder_layer, check_gemma_mlp,
-                                 check_growing_cache, check_preallocated_cache, check_repeat_kv)
+from paligemma import GemmaConfig, GemmaMLP, KVCache, repeat_kv
+from paligemma.exercises import (check_fused_mlp, check_growing_cache, check_parallel_block,
+                                 check_preallocated_cache, check_repeat_kv, check_sliding_window_mask)
 from paligemma.masks import allowed_positions
 
 from exercise_helpers import assert_rejected, not_written
@@ -14,12 +14,13 @@ from exercise_helpers import assert_rejected, not_written
 
 def test_checkers_are_exported_from_their_topic_modules():
     from paligemma.exercises import attention, decoder, kv_cache
-    assert attention.__all__ == ["check_repeat_kv", "check_causal_mask"]
+    assert attention.__all__ == ["check_repeat_kv", "check_sliding_window_mask"]
     assert kv_cache.__all__ == ["check_preallocated_cache", "check_growing_cache"]
-    assert decoder.__all__ == ["check_gemma_mlp", "check_decoder_layer"]
+    assert decoder.__all__ == ["check_fused_mlp", "check_parallel_block"]
 
 
-@pytest.mark.parametrize("checker", [check_repeat_kv, check_causal_mask, check_gemma_mlp, check_decoder_layer])
+@pytest.mark.parametrize("checker", [check_repeat_kv, check_sliding_window_mask, check_fused_mlp,
+                                     check_parallel_block])
 def test_a_stub_is_reported_as_not_implemented(checker):
     assert_rejected(checker, not_written, "not implemented yet")
 
@@ -70,36 +71,39 @@ def test_repeat_kv_must_not_change_its_input():
     assert_rejected(check_repeat_kv, in_place, "changed its input in place")
 
 
-# ---------------------------------------------------------------- causal mask (notebook 03)
+# ---------------------------------------------------------------- sliding-window mask (notebook 03)
 
-def reference_mask(query_length, past_length):
-    return allowed_positions(query_length, past_length)[0]
+def window(query_length, past_length, size, reach=0, causal=True, offset=None):
+    """The mask by comparisons; `reach`, `causal` and `offset` reproduce the usual mistakes."""
+    start = past_length if offset is None else offset
+    query = torch.arange(start, start + query_length)[:, None]
+    key = torch.arange(past_length + query_length)[None, :]
+    recent = key > query - size - reach
+    return (key <= query) & recent if causal else recent
 
 
-def test_causal_mask_accepts_the_package_and_a_comparison(capsys):
-    def by_comparison(query_length, past_length):
-        return torch.arange(past_length + query_length)[None] <= torch.arange(past_length,
-                                                                              past_length + query_length)[:, None]
-
-    check_causal_mask(reference_mask)
-    check_causal_mask(by_comparison)
-    assert capsys.readouterr().out.count("Correct: causal_mask") == 2
+def test_sliding_window_mask_accepts_comparisons_and_the_package(capsys):
+    check_sliding_window_mask(window)
+    check_sliding_window_mask(lambda t, p, w: torch.ones(t, p + t).tril(p).triu(p - w + 1).bool())
+    assert capsys.readouterr().out.count("Correct: sliding_window_mask") == 2
 
 
 @pytest.mark.parametrize("wrong, phrases", [
-    (lambda t, p: reference_mask(t, p).float(), ["dtype torch.float32, expected torch.bool"]),
-    (lambda t, p: ~reference_mask(t, p), ["inverted"]),
-    (lambda t, p: reference_mask(t, p).T, ["see the future", "transpose"]),
-    (lambda t, p: torch.ones(t, p + t, dtype=torch.bool).tril(-1 + p), ["blocks the diagonal", "attend to itself"]),
-    (lambda t, p: torch.ones(t, p + t, dtype=torch.bool).tril(), ["past_length=4", "ignores the cached tokens"]),
-    (lambda t, p: torch.ones(t, t, dtype=torch.bool).tril(), ["shape (3, 3), expected (3, 7)", "past_length + "]),
-    (lambda t, p: reference_mask(t, p)[None], ["shape (1, 5, 5)", "without a batch axis"]),
-    (lambda t, p: reference_mask(t, p).tolist(), ["should return a torch.Tensor, got list"]),
-    (lambda t, p: reference_mask(t, p) & (torch.arange(p + t) > 0), ["query 0 (at position 0) and key 0",
-                                                                     "should be allowed"]),
+    (lambda t, p, w: window(t, p, w, reach=1), ["sees 4 keys", "key > query - window, not >="]),
+    (lambda t, p, w: window(t, p, w, reach=-1), ["sees only 2 keys", "includes the query itself"]),
+    (lambda t, p, w: window(t, p, w, causal=False), ["must also be causal"]),
+    (lambda t, p, w: window(t, p, w, offset=0), ["past_length=5", "positions 0, 1"]),
+    (lambda t, p, w: allowed_positions(t, p)[0] & (torch.arange(p + t) < w), ["first `window` keys"]),
+    (lambda t, p, w: allowed_positions(t, p)[0], ["plain causal mask"]),
+    (lambda t, p, w: ~window(t, p, w), ["inverted"]),
+    (lambda t, p, w: window(t, p, w).float(), ["dtype torch.float32, expected torch.bool"]),
+    (lambda t, p, w: window(t, p, w).T, ["transposed", "rows are queries"]),
+    (lambda t, p, w: window(t, 0, w), ["shape (3, 3), expected (3, 8)", "past_length + query_length"]),
+    (lambda t, p, w: window(t, p, w).tolist(), ["should return a torch.Tensor, got list"]),
+    (lambda t, p, w: window(t, p, w) & (torch.arange(p + t) != 1), ["query 1 (at position 1) and key 1"]),
 ])
-def test_causal_mask_names_the_mistake(wrong, phrases):
-    assert_rejected(check_causal_mask, wrong, *phrases)
+def test_sliding_window_mask_names_the_mistake(wrong, phrases):
+    assert_rejected(check_sliding_window_mask, wrong, *phrases)
 
 
 # ---------------------------------------------------------------- KV caches (notebook 04)
@@ -252,96 +256,99 @@ def test_preallocated_checker_spots_the_whole_buffer_returned():
                     "whole buffer")
 
 
-# ---------------------------------------------------------------- GemmaMLP (notebook 05)
+# ---------------------------------------------------------------- fused gate/up MLP (notebook 05)
 
-def test_mlp_checker_accepts_the_package(capsys):
-    check_gemma_mlp(GemmaMLP.forward)
-    check_gemma_mlp(lambda mlp, x: mlp(x))
-    assert capsys.readouterr().out.count("Correct: GemmaMLP forward") == 2
-
-
-def gated(activation, gate_first=True):
-    def forward(mlp, x):
-        gate, up = (mlp.gate_proj(x), mlp.up_proj(x)) if gate_first else (mlp.up_proj(x), mlp.gate_proj(x))
-        return mlp.down_proj(activation(gate) * up)
+def fused(activation=lambda t: F.gelu(t, approximate="tanh"), split="halves", gate_first=True):
+    """A fused MLP; the keyword arguments reproduce the usual mistakes."""
+    def forward(x, gate_up, down):
+        both = x @ gate_up.T
+        gate, up = both.chunk(2, dim=-1) if split == "halves" else (both[..., ::2], both[..., 1::2])
+        if not gate_first:
+            gate, up = up, gate
+        return (activation(gate) * up) @ down.T
     return forward
 
 
+def test_fused_mlp_checker_accepts_the_fused_product_and_two_products(capsys):
+    check_fused_mlp(fused())
+    check_fused_mlp(lambda x, gate_up, down: GemmaMLP.forward(_mlp_from(gate_up, down), x))
+    assert capsys.readouterr().out.count("Correct: fused_mlp") == 2
+
+
+def _mlp_from(gate_up, down):
+    """A GemmaMLP holding the two halves of the fused weight: what unfused code would compute."""
+    intermediate, hidden = gate_up.shape[0] // 2, gate_up.shape[1]
+    mlp = GemmaMLP(GemmaConfig(hidden_size=hidden, intermediate_size=intermediate))
+    with torch.no_grad():
+        mlp.gate_proj.weight.copy_(gate_up[:intermediate])
+        mlp.up_proj.weight.copy_(gate_up[intermediate:])
+        mlp.down_proj.weight.copy_(down)
+    return mlp
+
+
 @pytest.mark.parametrize("wrong, phrases", [
-    (gated(F.gelu), ["exact GELU", "approximate='tanh'"]),
-    (gated(lambda t: F.gelu(t, approximate="tanh"), gate_first=False), ["swapped"]),
-    (gated(F.silu), ["SiLU"]),
-    (gated(F.relu), ["ReLU"]),
-    (lambda mlp, x: mlp.down_proj(F.gelu(mlp.gate_proj(x), approximate="tanh")), ["gate is missing"]),
-    (lambda mlp, x: mlp.down_proj(F.gelu(mlp.gate_proj(x) * mlp.up_proj(x), approximate="tanh")),
+    (fused(split="alternate"), ["alternating channels", ".chunk(2, dim=-1)"]),
+    (fused(gate_first=False), ["second half (up)"]),
+    (fused(F.gelu), ["exact GELU", "approximate='tanh'"]),
+    (fused(F.silu), ["SiLU"]),
+    (lambda x, gate_up, down: F.gelu((x @ gate_up.T).chunk(2, -1)[0], approximate="tanh") @ down.T,
+     ["gating product is missing"]),
+    (lambda x, gate_up, down: (lambda g, u: F.gelu(g * u, approximate="tanh") @ down.T)(*(x @ gate_up.T).chunk(2, -1)),
      ["before the product"]),
-    (lambda mlp, x: mlp.down_proj(mlp.gate_proj(x) * mlp.up_proj(x)), ["activation is missing"]),
-    (lambda mlp, x: F.gelu(mlp.gate_proj(x), approximate="tanh") * mlp.up_proj(x),
-     ["shape (2, 3, 40), expected (2, 3, 16)", "finish with down_proj"]),
-    (lambda mlp, x: mlp(x) + 1e-3, ["wrong values"]),
+    (lambda x, gate_up, down: (lambda g, u: (g * u) @ down.T)(*(x @ gate_up.T).chunk(2, -1)),
+     ["activation is missing"]),
+    (lambda x, gate_up, down: x @ gate_up.T, ["shape (2, 3, 80), expected (2, 3, 16)", "split it in two"]),
+    (lambda x, gate_up, down: fused()(x, gate_up, down) + 1e-3, ["wrong values"]),
 ])
-def test_mlp_checker_names_the_mistake(wrong, phrases):
-    assert_rejected(check_gemma_mlp, wrong, *phrases)
+def test_fused_mlp_checker_names_the_mistake(wrong, phrases):
+    assert_rejected(check_fused_mlp, wrong, *phrases)
 
 
-# ---------------------------------------------------------------- GemmaDecoderLayer (notebook 05)
+# ---------------------------------------------------------------- parallel block (notebook 05)
 
-def test_decoder_layer_checker_accepts_the_package(capsys):
-    check_decoder_layer(GemmaDecoderLayer.forward)
-    assert "Correct: GemmaDecoderLayer forward" in capsys.readouterr().out
-
-
-def layer_variant(kind):
+def parallel(kind="right"):
     def forward(layer, x, position_embeddings, mask):
         norm1, norm2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
 
         def attn(h, attention_mask=mask):
             return layer.self_attn(h, position_embeddings, attention_mask)
 
-        if kind == "post-norm":
-            h = norm1(x + attn(x))
-            return norm2(h + mlp(h))
-        if kind == "no residual":
-            return mlp(norm2(attn(norm1(x))))
-        if kind == "no attention residual":
-            h = attn(norm1(x))
-            return h + mlp(norm2(h))
-        if kind == "no mlp residual":
-            return mlp(norm2(x + attn(norm1(x))))
-        if kind == "normalised stream":
-            x = norm1(x)
-            h = x + attn(x)
-            return h + mlp(norm2(h))
-        if kind == "swapped norms":
-            h = x + attn(norm2(x))
-            return h + mlp(norm1(h))
-        if kind == "one norm":
-            h = x + attn(norm1(x))
-            return h + mlp(norm1(h))
-        if kind == "parallel":
-            return x + attn(norm1(x)) + mlp(norm2(x))
-        if kind == "no mask":
-            h = x + attn(norm1(x), None)
-            return h + mlp(norm2(h))
-        raise AssertionError(kind)
+        n = norm1(x)
+        results = {
+            "right": lambda: x + attn(n) + mlp(n),
+            "sequential": lambda: layer(x, position_embeddings, mask),
+            "two norms": lambda: x + attn(n) + mlp(norm2(x)),
+            "unnormalised mlp": lambda: x + attn(n) + mlp(x),
+            "no residual": lambda: attn(n) + mlp(n),
+            "residual twice": lambda: 2 * x + attn(n) + mlp(n),
+            "normalised stream": lambda: n + attn(n) + mlp(n),
+            "no mask": lambda: x + attn(n, None) + mlp(n),
+            "no mlp": lambda: x + attn(n),
+        }
+        return results[kind]()
     return forward
 
 
+def test_parallel_block_checker_accepts_the_formula(capsys):
+    check_parallel_block(parallel())
+    assert "Correct: parallel_block" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kind, phrases", [
-    ("post-norm", ["post-norm", "pre-norm"]),
-    ("no residual", ["residual connections are missing"]),
-    ("no attention residual", ["residual around attention"]),
-    ("no mlp residual", ["residual around the MLP"]),
+    ("sequential", ["Gemma's sequential layer"]),
+    ("two norms", ["normalises once"]),
+    ("unnormalised mlp", ["not x itself"]),
+    ("no residual", ["residual is missing"]),
+    ("residual twice", ["added twice"]),
     ("normalised stream", ["un-normalised x"]),
-    ("swapped norms", ["norms are swapped"]),
-    ("one norm", ["post_attention_layernorm is not used"]),
-    ("parallel", ["one after the other"]),
-    ("no mask", ["attention mask is not passed on"]),
+    ("no mask", ["mask is not passed on"]),
+    ("no mlp", ["MLP branch is missing"]),
 ])
-def test_decoder_layer_checker_names_the_mistake(kind, phrases):
-    assert_rejected(check_decoder_layer, layer_variant(kind), *phrases)
+def test_parallel_block_checker_names_the_mistake(kind, phrases):
+    assert_rejected(check_parallel_block, parallel(kind), *phrases)
 
 
-def test_decoder_layer_checker_reports_other_errors_by_shape_and_value():
-    assert_rejected(check_decoder_layer, lambda layer, x, pe, mask: x[:, -1], "shape (2, 16), expected (2, 5, 16)")
-    assert_rejected(check_decoder_layer, lambda layer, x, pe, mask: layer(x, pe, mask) * 1.01, "wrong values")
+def test_parallel_block_checker_reports_other_errors_by_shape_and_value():
+    assert_rejected(check_parallel_block, lambda layer, x, pe, mask: x[:, -1], "shape (2, 16), expected (2, 5, 16)")
+    assert_rejected(check_parallel_block, lambda layer, x, pe, mask: parallel()(layer, x, pe, mask) * 1.01,
+                    "wrong values")

@@ -8,9 +8,10 @@ from paligemma.exercises import check_arithmetic_intensity, check_kv_cache_bytes
 from exercise_helpers import assert_rejected, not_written
 
 
-def test_checkers_are_exported_from_their_topic_module():
-    from paligemma.exercises import performance
-    assert performance.__all__ == ["check_kv_cache_bytes", "check_arithmetic_intensity", "check_static_cache_write"]
+def test_checkers_are_exported_from_their_topic_modules():
+    from paligemma.exercises import cache_size, performance
+    assert performance.__all__ == ["check_arithmetic_intensity", "check_static_cache_write"]
+    assert cache_size.__all__ == ["check_kv_cache_bytes"]
 
 
 @pytest.mark.parametrize("checker", [check_kv_cache_bytes, check_arithmetic_intensity, check_static_cache_write])
@@ -18,44 +19,57 @@ def test_a_stub_is_reported_as_not_implemented(checker):
     assert_rejected(checker, not_written, "not_written is not implemented yet")
 
 
-# ---------------------------------------------------------------- KV cache bytes
+# ---------------------------------------------------------------- KV cache bytes with sliding windows
 
-def kv_bytes(config, tokens, batch=1, bytes_per_number=2, *, pair=2, heads=None, width=None, layers=None,
-             per_batch=True, scale=1):
+def kv_bytes(config, tokens, window, global_every, batch=1, bytes_per_number=2, *, pair=2, heads=None, width=None,
+             per_batch=True, scale=1, first_global=False, clip=True, local=True, everywhere=False):
     """The right formula, with switches that reproduce the usual mistakes."""
     heads = config.num_key_value_heads if heads is None else heads
     width = heads * config.head_dim if width is None else width
-    layers = config.num_hidden_layers if layers is None else layers
-    return pair * layers * width * tokens * (batch if per_batch else 1) * bytes_per_number * scale
+    kept = 0
+    for layer in range(config.num_hidden_layers):
+        is_global = (layer % global_every == 0) if first_global else ((layer + 1) % global_every == 0)
+        if (is_global or not local) and not everywhere:
+            kept += tokens
+        else:
+            kept += min(tokens, window) if clip else window
+    return pair * width * kept * (batch if per_batch else 1) * bytes_per_number * scale
 
 
 def test_kv_cache_bytes_accepts_the_formula(capsys):
     check_kv_cache_bytes(kv_bytes)
-    check_kv_cache_bytes(lambda config, tokens, batch, bytes_per_number: float(kv_bytes(config, tokens, batch,
-                                                                                         bytes_per_number)))
+    check_kv_cache_bytes(lambda config, tokens, window, global_every, batch, bytes_per_number: float(
+        kv_bytes(config, tokens, window, global_every, batch, bytes_per_number)))
     assert capsys.readouterr().out.count("Correct: kv_cache_bytes") == 2
 
 
 @pytest.mark.parametrize("mistake, phrases", [
+    (dict(first_global=True), ["global layer comes last", "(i + 1) % global_every == 0"]),
+    (dict(local=False), ["gives every layer a full cache"]),
+    (dict(everywhere=True), ["gives every layer a sliding window"]),
     (dict(pair=1), ["counts only the keys", "multiply by 2"]),
-    (dict(heads=6), ["uses num_attention_heads", "GQA"]),
+    (dict(heads=6), ["uses num_attention_heads"]),
     (dict(width=36), ["uses hidden_size", "num_key_value_heads x head_dim"]),
-    (dict(layers=1), ["forgets the layers"]),
     (dict(per_batch=False), ["forgets the batch"]),
     (dict(scale=8), ["counts bits, not bytes"]),
     (dict(scale=2**-20), ["gives MiB"]),
-    (dict(pair=1, heads=6), ["two mistakes", "only the keys", "num_attention_heads"]),
 ])
 def test_kv_cache_bytes_names_the_mistake(mistake, phrases):
-    def wrong(config, tokens, batch, bytes_per_number):
-        return kv_bytes(config, tokens, batch, bytes_per_number, **mistake)
-    assert_rejected(check_kv_cache_bytes, wrong, "returned", "expected 17920", *phrases)
+    def wrong(config, tokens, window, global_every, batch, bytes_per_number):
+        return kv_bytes(config, tokens, window, global_every, batch, bytes_per_number, **mistake)
+    assert_rejected(check_kv_cache_bytes, wrong, "returned", "expected 61440", *phrases)
+
+
+def test_kv_cache_bytes_keeps_at_most_the_tokens_there_are():
+    def no_min(config, tokens, window, global_every, batch, bytes_per_number):
+        return kv_bytes(config, tokens, window, global_every, batch, bytes_per_number, clip=False)
+    assert_rejected(check_kv_cache_bytes, no_min, "tokens=5, window=8", "min(tokens, window)")
 
 
 def test_kv_cache_bytes_wants_a_number():
     assert_rejected(check_kv_cache_bytes, lambda config, **kw: torch.tensor(kv_bytes(config, **kw)),
                     "plain number", ".item()")
-    assert_rejected(check_kv_cache_bytes, lambda config, **kw: kv_bytes(config, **kw) + 1, "expected 17920")
+    assert_rejected(check_kv_cache_bytes, lambda config, **kw: kv_bytes(config, **kw) + 1, "expected 61440")
 
 
 # ---------------------------------------------------------------- arithmetic intensity

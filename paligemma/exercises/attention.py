@@ -1,4 +1,4 @@
-"""Checkers for notebook 03 (grouped-query attention): `repeat_kv` and the causal mask."""
+"""Checkers for notebook 03 (grouped-query attention): `repeat_kv`, and a sliding-window mask over a KV cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..attention import repeat_kv
 from ..masks import allowed_positions
 from .checking import ExerciseError, check_close, passed, run_candidate
 
-__all__ = ["check_repeat_kv", "check_causal_mask"]
+__all__ = ["check_repeat_kv", "check_sliding_window_mask"]
 
 # (batch, kv_heads, length, head_dim, n_rep): several KV heads so a wrong head order shows; MQA; n_rep = 1.
 REPEAT_KV_CASES = ((2, 2, 5, 16, 4), (1, 3, 4, 8, 2), (2, 1, 3, 8, 8), (1, 2, 3, 4, 1))
@@ -67,46 +67,67 @@ def _first_difference(got: torch.Tensor, expected: torch.Tensor, past_length: in
             f"{int((got != expected).sum())} entries differ")
 
 
-def check_causal_mask(causal_mask_fn: Callable) -> None:
-    """`causal_mask_fn(query_length, past_length)` -> bool (T, past_length + T), True where query i may see key j."""
-    for query_length, past_length in ((5, 0), (3, 4), (1, 6)):
+def _window_mask(query_length: int, past_length: int, window: int, shift: int = 0) -> torch.Tensor:
+    """Causal (the package's rule) and at most `window + shift` keys back counting the query itself."""
+    key_length = past_length + query_length
+    query_pos = torch.arange(past_length, key_length)[:, None]  # (T, 1)
+    key_pos = torch.arange(key_length)[None, :]  # (1, S)
+    return allowed_positions(query_length, past_length)[0] & (key_pos > query_pos - window - shift)
+
+
+def _window_mistakes(query_length: int, past_length: int, window: int) -> dict[str, torch.Tensor]:
+    key_length = past_length + query_length
+    query_pos = torch.arange(past_length, key_length)[:, None]
+    key_pos = torch.arange(key_length)[None, :]
+    from_zero = torch.arange(query_length)[:, None]
+    return {
+        f"each query sees {window + 1} keys: the window counts the query itself, so it reaches back to key "
+        f"position {past_length} - {window} + 1 (use key > query - window, not >=)": _window_mask(
+            query_length, past_length, window, 1),
+        f"each query sees only {window - 1} keys: the window of {window} includes the query itself": _window_mask(
+            query_length, past_length, window, -1),
+        "the window must also be causal: a query may not look at keys after its own position":
+            (key_pos > query_pos - window),
+        "you placed the queries at positions 0, 1, ...; after past_length cached tokens, query i sits at position "
+        "past_length + i": (key_pos <= from_zero) & (key_pos > from_zero - window),
+        "you kept the first `window` keys; a sliding window keeps the last ones, those just before each query":
+            allowed_positions(query_length, past_length)[0] & (key_pos < window),
+    }
+
+
+def check_sliding_window_mask(sliding_window_mask_fn: Callable) -> None:
+    """`sliding_window_mask_fn(query_length, past_length, window)` -> bool (T, past + T): causal, and each query
+    sees only itself and the window - 1 keys before it."""
+    for query_length, past_length, window in ((6, 0, 3), (3, 5, 4), (1, 9, 4), (4, 2, 10)):
         key_length = past_length + query_length
-        expected = allowed_positions(query_length, past_length)[0]  # (T, S)
-        got = run_candidate(causal_mask_fn, query_length, past_length)
-        call = f"causal_mask(query_length={query_length}, past_length={past_length})"
+        expected = _window_mask(query_length, past_length, window)
+        got = run_candidate(sliding_window_mask_fn, query_length, past_length, window)
+        call = f"sliding_window_mask(query_length={query_length}, past_length={past_length}, window={window})"
         if not isinstance(got, torch.Tensor):
             raise ExerciseError(f"{call} should return a torch.Tensor, got {type(got).__name__}")
-        hints = {
-            (query_length, query_length): "the keys are the past_length cached tokens followed by the new ones, "
-                                          "so the mask needs past_length + query_length columns",
-            (key_length, query_length): "rows are queries and columns are keys: did you transpose it?",
-            (1, query_length, key_length): "return a 2-D (query_length, key_length) table, without a batch axis",
-            (1, 1, query_length, key_length): "return a 2-D (query_length, key_length) table, without batch "
-                                              "and head axes",
-        }
+        hints = {(query_length, query_length): "the keys are the past_length cached tokens followed by the new "
+                                               "ones: past_length + query_length columns",
+                 (key_length, query_length): "rows are queries and columns are keys: did you transpose it?",
+                 (1, query_length, key_length): "return a 2-D (query_length, key_length) table, no batch axis"}
         if got.shape != expected.shape:
             hint = hints.get(tuple(got.shape), "")
             raise ExerciseError(f"{call} returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
                                 + (f": {hint}" if hint else ""))
         if got.dtype != torch.bool:
-            raise ExerciseError(f"{call} returned dtype {got.dtype}, expected torch.bool: return True where the query "
-                                "may attend to the key, e.g. the result of a comparison like key_pos <= query_pos")
+            raise ExerciseError(f"{call} returned dtype {got.dtype}, expected torch.bool: True where the query "
+                                "may attend to the key, the result of comparisons like key_pos <= query_pos")
         if torch.equal(got, expected):
             continue
         if torch.equal(got, ~expected):
-            raise ExerciseError(f"{call} is inverted: True must mean 'may attend' (key at or before the query), "
-                                "False 'blocked'")
+            raise ExerciseError(f"{call} is inverted: True must mean 'may attend', False 'blocked'")
         if query_length == key_length and torch.equal(got, expected.T):
-            raise ExerciseError(f"{call} lets each token see the future instead of the past: did you transpose it? "
-                                "Query i (row) may see key j (column) when j <= i")
-        diagonal = torch.arange(key_length)[None, :] == torch.arange(past_length, key_length)[:, None]  # own position
-        if torch.equal(got, expected & ~diagonal):
-            raise ExerciseError(f"{call} blocks the diagonal: a token must be allowed to attend to itself "
-                                "(use <=, not <)")
-        no_offset = torch.ones(query_length, key_length, dtype=torch.bool).tril()
-        if past_length and torch.equal(got, no_offset):
-            raise ExerciseError(f"{call} ignores the cached tokens: the new queries sit at positions "
-                                f"{past_length}..{key_length - 1}, so query i may see keys 0..past_length + i "
-                                "(shift the diagonal by past_length)")
+            raise ExerciseError(f"{call} is transposed: rows are queries and columns are keys, and query i may see "
+                                "key j only when j <= i")
+        for message, wrong in _window_mistakes(query_length, past_length, window).items():
+            if torch.equal(got, wrong):
+                raise ExerciseError(f"{call}: {message}")
+        if torch.equal(got, allowed_positions(query_length, past_length)[0]):
+            raise ExerciseError(f"{call} is the plain causal mask: also block the keys more than window - 1 "
+                                "positions before each query")
         raise ExerciseError(f"{call} is wrong: {_first_difference(got, expected, past_length)}")
-    passed("causal_mask")
+    passed("sliding_window_mask", "the reference mask")

@@ -1,4 +1,8 @@
-"""Checkers for notebook 08 (generation): top-k and top-p (nucleus) filtering of next-token logits."""
+"""Checkers for notebook 08 (generation): top-k and top-p (nucleus) filtering of next-token logits.
+
+The reference is the package's `filter_logits`; a wrong result is compared with the usual mistakes (a token
+too few or too many, the wrong sort order, a mask left in sorted order, ...) to name the one made.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ def _compare(got, expected: torch.Tensor, call: str, mistakes: dict[str, torch.T
                     shape_hints={tuple(expected.shape[::-1]): "keep the logits' (batch, vocab) layout"})
     if torch.equal(got, expected):
         return
+    if torch.isfinite(got).all() and bool((got >= 0).all()) and torch.allclose(got.sum(-1), torch.ones(len(got))):
+        raise ExerciseError(f"{call}: return logits (the kept ones unchanged, the others -inf), not probabilities: "
+                            "sampling applies the softmax afterwards")
     dropped_got, dropped_expected = got == NEG_INF, expected == NEG_INF
     mistakes = {**mistakes, "dropped tokens must get -inf, so that softmax gives them probability 0; 0 is an "
                             "ordinary logit and leaves them possible": expected.masked_fill(dropped_expected, 0.0)}
@@ -90,7 +97,14 @@ def check_top_p(top_p_fn: Callable) -> None:
             return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), NEG_INF)
 
         mass_before = probs.cumsum(-1) - probs
+        shifted_left = (probs.cumsum(-1) >= top_p)[:, 1:]
+        shifted_left = torch.cat((shifted_left, torch.ones_like(shifted_left[:, :1])), dim=-1)
         mistakes = {
+            "you shifted the mask the wrong way: it drops the token that takes the total past p and the one before "
+            "it. Keep every token whose predecessors have not reached p yet, i.e. drop where (cumulative sum - own "
+            "probability) >= p": unsort(shifted_left),
+            "top-p keeps the most likely tokens until their *total* reaches p; you kept the tokens whose own "
+            "probability reaches p": logits.masked_fill(logits.softmax(-1) < top_p, NEG_INF),
             "you dropped the token that takes the running total past p; it must stay: drop a token only when the "
             "tokens ranked above it already reach p (cumulative sum minus its own probability >= p)":
                 unsort(probs.cumsum(-1) >= top_p),

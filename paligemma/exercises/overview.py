@@ -13,37 +13,57 @@ from .checking import ExerciseError, passed, run_candidate
 
 __all__ = ["check_num_image_tokens", "check_parameter_count"]
 
-# (image_size, patch_size): PaliGemma's three resolutions, a tiny test size and a non-square-number grid side.
-IMAGE_TOKEN_CASES = ((224, 14), (448, 14), (896, 14), (16, 4), (30, 5))
+# (height, width, patch_size): PaliGemma's three resolutions, then images whose sides are not multiples of the patch.
+IMAGE_TOKEN_CASES = ((224, 224, 14), (448, 448, 14), (896, 896, 14), (230, 300, 14), (30, 20, 7))
+
+
+def _token_mistakes(height: int, width: int, patch: int) -> dict[int, str]:
+    """What the usual wrong counts give, with the diagnosis of each."""
+    rows, columns = height // patch, width // patch
+    ceil = -(-height // patch) * -(-width // patch)
+    return {
+        rows * columns + 1: "SigLIP in PaliGemma has no class token: every image token is one patch",
+        3 * rows * columns: "the colour channels do not make extra tokens: each patch's 3 x p x p numbers become "
+                            "one token",
+        ceil: "you counted the partial patches at the right and bottom edges; a stride-p convolution only visits "
+              "whole patches, so the leftover pixels are dropped: floor division, height // patch_size",
+        height * width // (patch * patch): "you divided the image's area by a patch's area; that counts the leftover "
+                                           "pixels as if they formed whole patches. Count whole patches per side, "
+                                           "then multiply",
+        round(height / patch) * round(width / patch): "you rounded to the nearest number of patches; the convolution "
+                                                      "drops a partial patch however large it is: floor division //",
+        rows * rows: "you used the height for both sides: the grid is (height // p) rows by (width // p) columns",
+        columns * columns: "you used the width for both sides: the grid is (height // p) rows by (width // p) columns",
+        rows + columns: "add the rows and columns and you get the border, not the grid: multiply them",
+        height * width: "that is one token per pixel; a token is a whole patch_size x patch_size patch",
+    }
+
+
+def _conv_patches(height: int, width: int, patch: int) -> int:
+    """How many positions SigLIP's patch embedding (a stride-p convolution) outputs, on meta tensors."""
+    with torch.device("meta"):
+        conv = torch.nn.Conv2d(3, 1, kernel_size=patch, stride=patch)
+        return conv(torch.empty(1, 3, height, width)).shape[-2:].numel()
 
 
 def check_num_image_tokens(num_image_tokens_fn: Callable) -> None:
-    """`num_image_tokens_fn(image_size, patch_size)` -> int: how many patches SigLIP cuts a square image into."""
-    for image_size, patch_size in IMAGE_TOKEN_CASES:
-        side = image_size // patch_size
-        expected = side * side
-        got = run_candidate(num_image_tokens_fn, image_size, patch_size)
-        call = f"num_image_tokens(image_size={image_size}, patch_size={patch_size})"
+    """`num_image_tokens_fn(height, width, patch_size)` -> int: the patches SigLIP's convolution makes of an image."""
+    for height, width, patch_size in IMAGE_TOKEN_CASES:
+        expected = _conv_patches(height, width, patch_size)
+        got = run_candidate(num_image_tokens_fn, height, width, patch_size)
+        call = f"num_image_tokens(height={height}, width={width}, patch_size={patch_size})"
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
-        if isinstance(got, float) and got == expected:
-            raise ExerciseError(f"{call} returned {got!r}, a float: a count is an int, use integer division //")
+        if isinstance(got, float) and got == int(got):
+            raise ExerciseError(f"{call} returned {got!r}, a float: a count is an int (use integer division //)")
         if not isinstance(got, numbers.Integral):
             raise ExerciseError(f"{call} should return an int, got {type(got).__name__}")
         if got == expected:
             continue
-        mistakes = {
-            side: f"{side} is the number of patches along one side; the image is a grid of {side} x {side} patches",
-            image_size ** 2 // patch_size: "you divided the image's area by patch_size, but one patch covers "
-                                           "patch_size x patch_size pixels",
-            expected + 1: "SigLIP in PaliGemma has no class token: every image token is one patch",
-            3 * expected: "the colour channels do not make extra tokens: each patch's 3 x p x p numbers become one "
-                          "token",
-            image_size ** 2: "that is one token per pixel; a token is a whole patch_size x patch_size patch",
-        }
-        hint = mistakes.get(got, "the image is cut into a grid of (image_size // patch_size) patches per side")
+        hint = _token_mistakes(height, width, patch_size).get(
+            got, "the convolution cuts a grid of (height // patch_size) x (width // patch_size) whole patches")
         raise ExerciseError(f"{call} returned {got}, expected {expected}: {hint}")
-    passed("num_image_tokens")
+    passed("num_image_tokens", "SigLIP's patch convolution")
 
 
 def _count(config: PaliGemmaConfig) -> int:

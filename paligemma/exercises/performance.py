@@ -1,9 +1,8 @@
-"""Checkers for notebook 11 (performance): KV cache bytes, arithmetic intensity, a fixed-shape cache write.
+"""Checkers for notebook 11 (performance): arithmetic intensity of a matmul, and a fixed-shape cache write.
 
-The references come from the package and from PyTorch itself: the bytes of a real `KVCache` filled on the
-meta device (shapes only, no memory), FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`, and
-`KVCache.update(..., cache_position)`. A wrong number is compared with the numbers the usual mistakes give,
-so the message can name the mistake.
+The references come from the package and from PyTorch itself: FLOPs counted by
+`torch.utils.flop_counter.FlopCounterMode`, and `KVCache.update(..., cache_position)`. A wrong number is
+compared with the numbers the usual mistakes give, so the message can name the mistake.
 """
 
 from __future__ import annotations
@@ -15,22 +14,12 @@ from numbers import Real
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..configuration import GemmaConfig
 from ..kv_cache import KVCache
-from .checking import ExerciseError, check_close, passed, run_candidate
+from .checking import ExerciseError, LearnerCrash, check_close, passed, run_candidate
 
-__all__ = ["check_kv_cache_bytes", "check_arithmetic_intensity", "check_static_cache_write"]
+__all__ = ["check_arithmetic_intensity", "check_static_cache_write"]
 
 DTYPES = {2: torch.bfloat16, 4: torch.float32}  # bytes per number -> a dtype of that size
-
-# The first case tells the mistakes apart: every factor below differs (5 layers, 6 query heads sharing 2 KV heads,
-# hidden_size 36 != 2 x 16, batch 4, 7 tokens). Then PaliGemma's decoder, in bfloat16 and float32.
-KV_CASES = (
-    (dict(vocab_size=64, hidden_size=36, intermediate_size=64, num_hidden_layers=5, num_attention_heads=6,
-          num_key_value_heads=2, head_dim=16), 7, 4, 2),
-    ({}, 8192, 1, 2),
-    ({}, 300, 3, 4),
-)
 
 # (out_features, in_features, tokens, bytes_per_number): the first tells the mistakes apart; then a decode step
 # and a prefill of PaliGemma's 2048 x 2048 projection, and a small float32 case.
@@ -53,54 +42,6 @@ def _diagnose(got: float, expected: float, mistakes: dict[str, float], call: str
         if math.isclose(got, value, rel_tol=1e-9):
             raise ExerciseError(f"{call} returned {got:.6g}, expected {expected:.6g}: your formula {hint}")
     raise ExerciseError(f"{call} returned {got:.6g}, expected {expected:.6g}")
-
-
-def kv_cache_reference(config: GemmaConfig, tokens: int, batch: int, bytes_per_number: int) -> int:
-    """Bytes held by the package's KVCache(max_length=tokens) once every layer is full (meta tensors: no memory)."""
-    cache = KVCache(max_length=tokens)
-    for layer in range(config.num_hidden_layers):
-        states = torch.empty(batch, config.num_key_value_heads, tokens, config.head_dim,
-                             dtype=DTYPES[bytes_per_number], device="meta")
-        cache.update(states, states, layer)
-    return sum(t.numel() * t.element_size() for t in (*cache.key_cache, *cache.value_cache))
-
-
-def _kv_mistakes(config: GemmaConfig, tokens: int, batch: int, expected: int) -> dict[str, float]:
-    """What the usual wrong formulas return, keyed by the words that explain each."""
-    width = config.num_key_value_heads * config.head_dim
-    factors = {
-        "counts only the keys (or only the values): every layer stores both, so multiply by 2": 1 / 2,
-        "uses num_attention_heads, but only num_key_value_heads heads of keys and values are stored; the query "
-        "heads share them (that sharing is what GQA saves)": config.num_attention_heads / config.num_key_value_heads,
-        "uses hidden_size as the width of one key, but a key is num_key_value_heads x head_dim numbers":
-            config.hidden_size / width,
-        "forgets the layers: each of the num_hidden_layers layers keeps its own keys and values":
-            1 / config.num_hidden_layers,
-        "forgets the batch: every sequence in the batch has its own cache": 1 / batch,
-        "forgets the tokens: the cache holds one key and one value per token": 1 / tokens,
-        "counts bits, not bytes: bytes_per_number is already in bytes": 8,
-    }
-    mistakes = {hint: expected * factor for hint, factor in factors.items()}
-    singles = list(factors.items())
-    for i, (first, a) in enumerate(singles):  # two mistakes at once
-        for second, b in singles[i + 1:]:
-            mistakes.setdefault(f"makes two mistakes: it {first}; and it {second}", expected * a * b)
-    for unit, size in (("MiB", 2**20), ("GiB", 2**30), ("MB", 1e6), ("GB", 1e9)):
-        mistakes[f"gives {unit}: return bytes (divide only when printing)"] = expected / size
-    return mistakes
-
-
-def check_kv_cache_bytes(kv_cache_bytes: Callable) -> None:
-    """`kv_cache_bytes(config, tokens, batch, bytes_per_number)`: bytes of the keys and values of every layer."""
-    for fields, tokens, batch, bytes_per_number in KV_CASES:
-        config = GemmaConfig(**fields)
-        call = (f"kv_cache_bytes(config with {config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
-                f"{config.num_key_value_heads} KV heads, head_dim {config.head_dim}, hidden_size "
-                f"{config.hidden_size}; tokens={tokens}, batch={batch}, bytes_per_number={bytes_per_number})")
-        got = run_candidate(kv_cache_bytes, config, tokens=tokens, batch=batch, bytes_per_number=bytes_per_number)
-        expected = kv_cache_reference(config, tokens, batch, bytes_per_number)
-        _diagnose(_number(got, call, "bytes"), expected, _kv_mistakes(config, tokens, batch, expected), call)
-    passed("kv_cache_bytes")
 
 
 def matmul_reference(out_features: int, in_features: int, tokens: int, bytes_per_number: int) -> tuple[int, int]:
@@ -199,12 +140,10 @@ def check_static_cache_write(static_cache_write: Callable) -> None:
         try:
             result = run_candidate(static_cache_write, key_buffer, value_buffer, new_keys, new_values,
                                    cache_position)
-        except ExerciseError:
-            raise
-        except Exception as error:
-            reason = str(error).rstrip(".")
-            raise ExerciseError(f"{call} raised {type(error).__name__}: {reason}. The buffers are (B, kv_heads, "
-                                "max_length, head_dim): the new tokens go along the time axis, dim 2") from error
+        except LearnerCrash as crash:
+            raise ExerciseError(f"{call} raised {type(crash.error).__name__}: {crash.reason.rstrip('.')}{crash.where}. "
+                                "The buffers are (B, kv_heads, max_length, head_dim): the new tokens go along the "
+                                "time axis, dim 2") from None
         if not (isinstance(result, tuple | list) and len(result) == 2):
             raise ExerciseError(f"{call} should return the pair (key_buffer, value_buffer), "
                                 f"got {type(result).__name__}")

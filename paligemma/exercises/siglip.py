@@ -1,4 +1,9 @@
-"""Checkers for notebook 06 (the SigLIP vision encoder): cutting an image into patches with reshape/permute."""
+"""Checkers for notebook 06 (the SigLIP vision encoder): a position table stretched to a larger patch grid.
+
+SigLIP learns one position vector per patch slot of a 16 x 16 grid; a 448 px image has a 32 x 32 grid. Fine-tuning
+at a higher resolution starts from the old table resized like an image: its rows are the grid's slots in
+reading order, so they must be laid out as a grid first. The reference is PyTorch's own bilinear resize.
+"""
 
 from __future__ import annotations
 
@@ -7,73 +12,65 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..configuration import SiglipVisionConfig
-from ..modeling_siglip import SiglipVisionEmbeddings
 from .checking import ExerciseError, check_close, passed, run_candidate
 
-__all__ = ["check_patchify"]
+__all__ = ["check_resize_position_embeddings"]
 
-# (batch, image_size, patch_size): several patches per side so a wrong patch order shows; PaliGemma's 14 px.
-PATCHIFY_CASES = ((2, 8, 4), (1, 12, 4), (1, 28, 14))
+# (old grid side, new grid side, width): a grown grid, a shrunk one, PaliGemma's 16 -> 32 with a small width
+RESIZE_CASES = ((4, 6, 8), (6, 4, 5), (16, 32, 3))
 
 
-def _patch_mistakes(pixels: torch.Tensor, patch: int) -> dict[str, torch.Tensor]:
-    """What the usual wrong patchify functions return, with the diagnosis of each."""
-    batch, channels, size, _ = pixels.shape
-    grid = size // patch
-    split = pixels.reshape(batch, channels, grid, patch, grid, patch)  # (B, C, h, p, w, p)
-    merged = (batch, grid * grid, channels * patch * patch)
+def _resize(table: torch.Tensor, side: int, new_side: int, **options) -> torch.Tensor:
+    """(side^2, D) rows in reading order -> (new_side^2, D), resized as a D-channel image."""
+    grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
+    resized = F.interpolate(grid, size=(new_side, new_side), **{"mode": "bilinear", "align_corners": False,
+                                                                **options})
+    return resized.permute(0, 2, 3, 1).reshape(new_side * new_side, -1)  # (h' w', D)
+
+
+def _mistakes(table: torch.Tensor, side: int, new_side: int) -> dict[str, torch.Tensor]:
+    width = table.shape[-1]
+    flat = F.interpolate(table.T[None], size=new_side * new_side, mode="linear", align_corners=False)[0].T
+    no_permute = F.interpolate(table.reshape(1, width, side, side), size=(new_side, new_side), mode="bilinear",
+                               align_corners=False).reshape(new_side * new_side, width)
+    columns_first = _resize(table.reshape(side, side, width).transpose(0, 1).reshape(-1, width), side, new_side)
     return {
-        "each patch is flattened channels-last (row, column, channel); the convolution's weight is flattened "
-        "(channel, row, column), so put the channel axis first inside each patch: permute to "
-        "(B, h, w, C, p, p) before the final reshape": split.permute(0, 2, 4, 3, 5, 1).reshape(merged),
-        "the patches come out column by column; they must go row by row like text (left to right, then top "
-        "to bottom): the grid-row axis h comes before the grid-column axis w": split.permute(0, 4, 2, 1, 3, 5)
-        .reshape(merged),
-        "a plain reshape mixes pixels of different patches: split H into (h, p) and W into (w, p), then permute "
-        "so that the two grid axes come first and each patch's (C, p, p) pixels sit together":
-            pixels.reshape(merged),
-        "a reshape after moving the channels last still mixes pixels of different patches: split H into "
-        "(h, p) and W into (w, p), then permute (B, C, h, p, w, p) -> (B, h, w, C, p, p)":
-            pixels.permute(0, 2, 3, 1).reshape(merged),
+        "you stretched the rows as one long sequence; they are a 2-D grid of patches in reading order, so reshape "
+        "them to (side, side, D) and resize both axes": flat,
+        "you reshaped the (N, D) table straight to (1, D, side, side), which mixes the features of different "
+        "patches: reshape to (1, side, side, D) first, then permute the features to the channel axis": no_permute,
+        "align_corners=True stretches the grid so that its corner patches stay put; resize with "
+        "align_corners=False, which treats each patch as a cell of the image, as the exercise asks":
+            _resize(table, side, new_side, align_corners=True),
+        "use bilinear interpolation (mode='bilinear'): it blends the four nearest slots":
+            _resize(table, side, new_side, mode="nearest", align_corners=None),
+        "bilinear, not bicubic, interpolation": _resize(table, side, new_side, mode="bicubic"),
+        "your grid came out transposed (read column by column): the rows are the grid in reading order, row after "
+        "row, and the result must keep that order": columns_first,
     }
 
 
-def check_patchify(patchify_fn: Callable) -> None:
-    """`patchify_fn(pixel_values, patch_size)`: (B, C, H, W) -> (B, N, C * p * p), patches in row-major order."""
+def check_resize_position_embeddings(resize_fn: Callable) -> None:
+    """`resize_fn(table, new_side)`: (side^2, D) position rows -> (new_side^2, D), bilinear, align_corners=False."""
     generator = torch.Generator().manual_seed(0)
-    for batch, size, patch in PATCHIFY_CASES:
-        pixels = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
-        original = pixels.clone()
-        grid, per_patch = size // patch, 3 * patch * patch
-        expected = F.unfold(pixels, kernel_size=patch, stride=patch).transpose(1, 2)  # (B, N, C*p*p)
-        got = run_candidate(patchify_fn, pixels, patch)
-        call = f"patchify(pixels of shape {tuple(pixels.shape)}, patch_size={patch})"
-        hints = {
-            (batch, per_patch, grid * grid): "one row per patch: transpose to (B, num_patches, C * p * p)",
-            (batch, grid, grid, per_patch): "merge the two grid axes into one patch axis of h * w patches",
-            (batch, grid, grid, 3, patch, patch): "merge the grid axes into one patch axis and each patch's "
-                                                  "(C, p, p) pixels into one vector",
-            (batch * grid * grid, per_patch): "keep the batch axis: (B, num_patches, C * p * p)",
-        }
-        if not torch.equal(pixels, original):
-            raise ExerciseError(f"{call} changed its input in place: return a new tensor and leave the pixels alone")
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.equal(got, expected):
-            for message, wrong in _patch_mistakes(pixels, patch).items():
-                if torch.equal(got, wrong):
+    for side, new_side, width in RESIZE_CASES:
+        table = torch.randn(side * side, width, generator=generator)
+        original = table.clone()
+        expected = _resize(table, side, new_side)
+        got = run_candidate(resize_fn, table, new_side)
+        call = f"resize_position_embeddings(table of shape {tuple(table.shape)}, new_side={new_side})"
+        if not torch.equal(table, original):
+            raise ExerciseError(f"{call} changed the table in place: return a new tensor")
+        hints = {(new_side, new_side, width): "merge the grid back into one row per patch: (new_side * new_side, D)",
+                 (1, width, new_side, new_side): "turn the resized image back into rows: permute the features last, "
+                                                 "then reshape to (new_side * new_side, D)",
+                 (width, new_side * new_side): "return one row per patch slot, (new_side * new_side, D)"}
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.allclose(got, expected,
+                                                                                               atol=1e-5):
+            for message, wrong in _mistakes(table, side, new_side).items():
+                if torch.allclose(got, wrong, atol=1e-5) and not torch.allclose(wrong, expected, atol=1e-5):
                     raise ExerciseError(f"{call}: {message}")
         check_close(got, expected, what=f"the result of {call}", shape_hints=hints,
-                    value_hint="each row should hold the pixels of one patch, (channel, row, column) order")
-
-    # The reason for that order: a linear map of these vectors is exactly SigLIP's convolutional patch embedding.
-    config = SiglipVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14)
-    embeddings = SiglipVisionEmbeddings(config)
-    pixels = torch.rand(1, 3, 28, 28, generator=generator)
-    conv = embeddings.patch_embedding
-    with torch.no_grad():
-        expected = conv(pixels).flatten(2).transpose(1, 2)  # (B, N, D)
-        got = run_candidate(patchify_fn, pixels, 14) @ conv.weight.flatten(1).T + conv.bias
-    check_close(got, expected, what="your patches times the flattened convolution weight",
-                value_hint="they should equal SigLIP's convolutional patch embedding")
-    passed("patchify")
+                    value_hint="resize the (D, side, side) grid with F.interpolate(..., mode='bilinear', "
+                               "align_corners=False)")
+    passed("resize_position_embeddings", "PyTorch's bilinear resize")
