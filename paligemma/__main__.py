@@ -87,12 +87,10 @@ def load_model(args: argparse.Namespace):
 
 def draw_scene(args: argparse.Namespace):
     """No --image: draw a nano scene (PaliGemma-nano has never seen it), save it as a PNG and say what is in it."""
-    import random
-
     from .nano import make_scene
-    from .nano.training import HELD_OUT_SEEDS
+    from .nano.evaluation import scene_seed_for
 
-    seed = args.scene_seed if args.scene_seed is not None else HELD_OUT_SEEDS + random.SystemRandom().randrange(10**9)
+    seed, note = scene_seed_for(args.prompt, args.scene_seed)  # a detect prompt gets a scene holding its object
     scene = make_scene(seed)
     try:
         scene.image.save(args.save_scene)
@@ -100,7 +98,7 @@ def draw_scene(args: argparse.Namespace):
         raise SystemExit(f"error: cannot save the scene to {args.save_scene}: {err}") from None
     boxes = "; ".join(f"{obj.name} at {list(obj.box)}" for obj in scene.objects)
     print(f"drew scene {seed} (--scene-seed {seed} draws it again), saved to {args.save_scene}\n"
-          f"it holds {scene.caption} (boxes y_min, x_min, y_max, x_max in pixels: {boxes})")
+          f"it holds {scene.caption} (boxes y_min, x_min, y_max, x_max in pixels: {boxes})" + (note and f"\n{note}"))
     return scene.image
 
 
