@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -103,12 +104,10 @@ def load_model(args: argparse.Namespace):
 
 def draw_scene(args: argparse.Namespace):
     """No --image: draw a nano scene (PaliGemma-nano has never seen it), say what is in it, save it if asked."""
-    import random
-
     from .nano import make_scene
-    from .nano.training import HELD_OUT_SEEDS
+    from .nano.evaluation import scene_seed_for
 
-    seed = args.scene_seed if args.scene_seed is not None else HELD_OUT_SEEDS + random.SystemRandom().randrange(10**9)
+    seed, note = scene_seed_for(args.prompt, args.scene_seed)  # a detect prompt gets a scene holding its object
     scene = make_scene(seed)
     saved = "; --save-scene FILE saves it"
     if args.save_scene is not None:
@@ -119,7 +118,7 @@ def draw_scene(args: argparse.Namespace):
         saved = f", saved to {args.save_scene}"
     boxes = "; ".join(f"{obj.name} at {list(obj.box)}" for obj in scene.objects)
     print(f"drew scene {seed} (--scene-seed {seed} draws it again{saved})\n"
-          f"it holds {scene.caption} (boxes y_min, x_min, y_max, x_max in pixels: {boxes})")
+          f"it holds {scene.caption} (boxes y_min, x_min, y_max, x_max in pixels: {boxes})" + (note and f"\n{note}"))
     return scene.image
 
 
@@ -205,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return getattr(args, "run", demo)(args)
+    try:
+        return getattr(args, "run", demo)(args)
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ from tokenizers import Tokenizer
 
 from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor, generate
 from paligemma.__main__ import main
-from paligemma.nano import (CAPTION_PROMPT, COLORS, IMAGE_SIZE, SHAPES, box_iou, box_to_locations, build_tokenizer,
-                            checkpoint_path, evaluate, load, locations_to_box, make_scene, nano_config,
-                            parse_detections, sample_task, train)
+from paligemma.nano import (CAPTION_PROMPT, COLORS, IMAGE_SIZE, SHAPES, SceneObject, box_iou, box_to_locations,
+                            build_tokenizer, checkpoint_path, detection_answer, evaluate, load, locations_to_box,
+                            make_scene, nano_config, parse_detections, sample_task, train)
+from paligemma.nano.evaluation import (detection_prompts, match_counts, multi_match_scores, prompt_matches,
+                                       scene_seed_for)
 from paligemma.nano.training import HELD_OUT_SEEDS
 
 
@@ -49,6 +51,22 @@ def test_tokenizer_round_trips_every_prompt_and_answer(tmp_path):
     for token in ("<pad>", "<eos>", "<bos>", "<image>", "<loc0000>", "<loc0031>"):
         assert tokenizer.token_to_id(token) is not None
     assert [tokenizer.token_to_id(t) for t in ("<pad>", "<eos>", "<bos>", "<image>")] == [0, 1, 2, 3]
+
+
+def test_task_mix_asks_for_several_matches_often_enough():
+    """sample_task's docstring: 40% captions, 10% counting, 20% detect <shape> (several matches ~5%), 8% absent."""
+    rng, kinds = random.Random(0), []
+    for seed in range(4000):
+        prompt, answer = sample_task(make_scene(seed), rng)
+        if prompt.startswith("detect"):
+            kind = "shape" if prompt.count(" ") == 1 else "absent" if not answer else "one"
+            kinds.append(kind + "+" * (answer.count(";") > 0))
+        else:
+            kinds.append(prompt)
+    share = {kind: kinds.count(kind) / len(kinds) for kind in set(kinds)}
+    assert abs(share[CAPTION_PROMPT] - 0.40) < 0.03 and abs(share["answer en how many shapes?"] - 0.10) < 0.02
+    assert abs(share.get("shape", 0) + share["shape+"] - 0.20) < 0.02 and 0.035 < share["shape+"] < 0.07
+    assert abs(share["absent"] - 0.08) < 0.02 and abs(share["one"] - 0.22) < 0.03
 
 
 def test_locations_round_trip_within_half_a_bin():
@@ -106,12 +124,68 @@ def test_shipped_checkpoint_loads_and_matches_its_config():
     assert size < 5 * 2**20  # a few MB at most
 
 
+RED_CIRCLE = SceneObject("circle", "red", (3, 10, 14, 21))
+BLUE_CIRCLE = SceneObject("circle", "blue", (1, 22, 9, 30))
+GREEN_SQUARE = SceneObject("square", "green", (18, 2, 30, 14))
+
+
+def answer_for(*objects):
+    return detection_answer(objects, IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("answer, truths, expected", [
+    (answer_for(RED_CIRCLE, BLUE_CIRCLE), [RED_CIRCLE, BLUE_CIRCLE], (2, 0, 0)),             # perfect
+    (" ; ".join(reversed(answer_for(RED_CIRCLE, BLUE_CIRCLE).split(" ; "))), [RED_CIRCLE, BLUE_CIRCLE],
+     (2, 0, 0)),                                                                              # any order
+    (answer_for(RED_CIRCLE), [RED_CIRCLE, BLUE_CIRCLE], (1, 0, 1)),                           # one missed
+    (answer_for(RED_CIRCLE, GREEN_SQUARE), [RED_CIRCLE], (1, 1, 0)),                          # one extra
+    (answer_for(RED_CIRCLE, RED_CIRCLE), [RED_CIRCLE], (1, 1, 0)),                            # found twice
+    (answer_for(RED_CIRCLE).replace("red", "yellow"), [RED_CIRCLE], (0, 1, 1)),               # wrong label
+    ("<loc0020><loc0020><loc0030><loc0030> red circle", [RED_CIRCLE], (0, 1, 1)),             # box elsewhere
+    ("", [], (0, 0, 0)),                                                                      # empty, rightly
+    ("", [RED_CIRCLE, BLUE_CIRCLE], (0, 0, 2)),                                               # empty, wrongly
+    (answer_for(GREEN_SQUARE), [], (0, 1, 0)),                                                # nothing to find
+    ("red circle", [RED_CIRCLE], (0, 1, 1)),                                                  # unreadable
+])
+def test_match_counts_on_hand_made_answers(answer, truths, expected):
+    assert match_counts(answer, truths, IMAGE_SIZE, IMAGE_SIZE) == expected
+
+
+def test_multi_match_scores_add_up_over_answers():
+    perfect = multi_match_scores([answer_for(RED_CIRCLE, BLUE_CIRCLE), ""], [[RED_CIRCLE, BLUE_CIRCLE], []], 32, 32)
+    assert (perfect["precision"], perfect["recall"], perfect["f1"], perfect["answers_exact"]) == (1, 1, 1, 1)
+    # one missed (2 found of 3) and one extra box (2 right of 3 claimed): P = R = 2/3
+    mixed = multi_match_scores([answer_for(RED_CIRCLE), answer_for(GREEN_SQUARE, BLUE_CIRCLE)],
+                               [[RED_CIRCLE, BLUE_CIRCLE], [GREEN_SQUARE]], 32, 32)
+    assert mixed["precision"] == pytest.approx(2 / 3) and mixed["recall"] == pytest.approx(2 / 3)
+    assert mixed["f1"] == pytest.approx(2 / 3) and mixed["answers_exact"] == 0
+    # always answering nothing is not rewarded: no true positive, F1 0
+    silent = multi_match_scores(["", ""], [[RED_CIRCLE], []], 32, 32)
+    assert silent["recall"] == 0 and silent["f1"] == 0 and silent["answers_exact"] == 0.5
+    with pytest.raises(ValueError, match="2 answers for 1 prompts"):
+        multi_match_scores(["", ""], [[]], 32, 32)
+
+
+def test_detection_prompts_cover_every_shape_and_colour():
+    prompts = detection_prompts()
+    assert len(prompts) == len(set(prompts)) == len(SHAPES) + len(SHAPES) * len(COLORS)
+    scene = make_scene(HELD_OUT_SEEDS + 3)
+    for obj in scene.objects:
+        assert obj in prompt_matches(f"detect {obj.shape}", scene) and prompt_matches(f"detect {obj.name}", scene) == [obj]
+    assert sum(len(prompt_matches(p, scene)) for p in prompts) == 2 * len(scene.objects)
+
+
 def test_shipped_checkpoint_reaches_the_quality_bar_on_held_out_scenes():
     model, processor = load()
-    scores = evaluate(model, processor, n=40, seed=7)  # a held-out set the README's figures did not use either
+    scores = evaluate(model, processor, n=60, seed=7)  # a held-out set the README's figures did not use either
+    # The published bar (n = 1000): captions >= 0.98, single-target detection >= 0.95, multi-match F1 >= 0.90.
+    # On 60 scenes 0.98 would allow one wrong caption at most, so captions get a little slack here.
     assert scores["caption_exact"] >= 0.95, scores
-    assert scores["detect_iou50"] >= 0.90, scores
-    assert 0 <= scores["count_exact"] <= 1 and scores["scenes"] == 40
+    assert scores["detect_iou50"] >= 0.95, scores
+    assert scores["multi_f1"] >= 0.90, scores
+    assert scores["multi_precision"] >= 0.85 and scores["multi_recall"] >= 0.85, scores
+    assert 0 <= scores["count_exact"] <= 1 and scores["scenes"] == 60
+    assert scores["detect_prompts"] == 60 * len(detection_prompts())
 
 
 def test_evaluate_rejects_an_empty_sample():
@@ -141,10 +215,48 @@ def test_cli_default_draws_a_scene_and_answers_with_nano(tmp_path, capsys, promp
         parse_detections(answer, IMAGE_SIZE, IMAGE_SIZE)  # a detection answer is well formed (or empty)
 
 
+def test_cli_draws_a_scene_that_holds_what_a_detect_prompt_names(tmp_path, capsys):
+    for prompt in ("detect red circle", "detect triangle"):
+        assert main(["generate", "--save-scene", str(tmp_path / "scene.png"), "--prompt", prompt]) == 0
+        printed = capsys.readouterr().out
+        seed = int(printed.split()[2])
+        assert seed >= HELD_OUT_SEEDS and prompt_matches(prompt, make_scene(seed))
+        assert f"to find one that holds a {prompt.removeprefix('detect ')})\nprompt: {prompt}\n" in printed
+
+
+def test_cli_says_when_the_chosen_scene_holds_nothing_to_find():
+    seed = next(s for s in range(HELD_OUT_SEEDS, HELD_OUT_SEEDS + 100) if not prompt_matches("detect red circle", make_scene(s)))
+    assert scene_seed_for("detect red circle", seed) == (seed, "it holds no red circle: the right answer is empty")
+    assert scene_seed_for("caption en", seed) == (seed, "")
+    drawn, note = scene_seed_for("detect red circle", rng=random.Random(0))
+    assert prompt_matches("detect red circle", make_scene(drawn)) and "holds a red circle" in note
+
+
 def run_nano_cli(*args):
+    """`python -m paligemma.nano ARGS` in this process (a subprocess per call would cost seconds of imports).
+
+    An unexpected exception propagates and fails the test, so a clean exit here means no traceback."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from paligemma.nano.__main__ import main as nano_main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = nano_main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def test_nano_cli_runs_as_a_module_and_rejects_bad_input_without_a_traceback(tmp_path):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "paligemma.nano", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "paligemma.nano", "train", "--out", str(tmp_path / "o"),
+                             "--lr=nan"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--lr must be a positive, finite number" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
 def test_train_refuses_a_folder_that_holds_files_and_keeps_them(tmp_path):

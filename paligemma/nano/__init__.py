@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import evaluate, held_out_scenes
+from .evaluation import (detection_prompts, evaluate, held_out_scenes, match_counts, multi_match_scores,
+                         prompt_matches)
 from .scenes import COLORS, IMAGE_SIZE, SHAPES, Scene, SceneObject, make_scene
 from .tasks import (CAPTION_PROMPT, COUNT_PROMPT, NUM_LOCATION_BINS, Detection, box_iou, box_to_locations,
                     detection_answer, locations_to_box, parse_detections, sample_task)
@@ -22,7 +23,8 @@ from .training import nano_config, train
 __all__ = ["load", "checkpoint_path", "make_scene", "Scene", "SceneObject", "COLORS", "SHAPES", "IMAGE_SIZE",
            "CAPTION_PROMPT", "COUNT_PROMPT", "NUM_LOCATION_BINS", "Detection", "box_iou", "box_to_locations",
            "detection_answer", "locations_to_box", "parse_detections", "sample_task", "build_tokenizer",
-           "nano_config", "train", "evaluate", "held_out_scenes"]
+           "nano_config", "train", "evaluate", "held_out_scenes", "detection_prompts", "prompt_matches", "match_counts",
+           "multi_match_scores"]
 
 
 def checkpoint_path() -> Path:

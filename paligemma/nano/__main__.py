@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--threads", type=positive_int_arg, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--force", action="store_true",
                        help="write into --out even if it already holds files (they are replaced)")
-    evaluate = commands.add_parser("evaluate", help="caption / detection / counting scores on held-out scenes")
+    evaluate = commands.add_parser("evaluate", help="caption, detection (single-target and multi-match) and "
+                                   "counting scores on held-out scenes")
     evaluate.add_argument("--model", type=Path, help="checkpoint folder (default: the shipped nano checkpoint)")
     evaluate.add_argument("--n", type=positive_int_arg, default=200, help="held-out scenes (default: %(default)s)")
     evaluate.add_argument("--seed", type=seed_arg, default=0,
