@@ -51,7 +51,20 @@ def load_text_model(args: argparse.Namespace, dtype: torch.dtype | None):
         raise SystemExit(f"error: not enough memory on {args.device} to load {source}") from None
     except (OSError, ValueError, TypeError) as err:  # CheckpointError, GGUFError and config errors are ValueErrors
         raise SystemExit(f"error: cannot load {source}: {err}") from None
-    return model, tokenizer
+    return apply_quantize(model, args), tokenizer
+
+
+def apply_quantize(model, args: argparse.Namespace):
+    """--quantize MODE: the decoder's weights in 8 or 4 bits (CPU only; --dtype is then the mode's)."""
+    if args.quantize is None:
+        return model
+    from .quantization import quantize
+    if args.dtype is not None:
+        raise SystemExit("error: --quantize sets the activations' dtype itself; leave out --dtype")
+    try:
+        return quantize(model, args.quantize)
+    except ValueError as err:
+        raise SystemExit(f"error: --quantize {args.quantize}: {err}") from None
 
 
 def run_text_generation(args: argparse.Namespace, dtype: torch.dtype | None) -> int:

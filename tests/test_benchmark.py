@@ -71,3 +71,47 @@ def test_bad_arguments():
         main(["--config", "huge"])
     with pytest.raises(SystemExit):
         main(["--config", "tiny", "--new-tokens", "1"])
+
+
+def tiny_gguf_with_tokenizer(folder):
+    """A tiny Gemma 3 GGUF whose metadata also holds a SentencePiece tokenizer (scores in file order)."""
+    from gguf_helpers import TINY, V, tiny_gemma_file, tiny_tokens
+
+    n = TINY["vocab"]
+    tokenizer = {"tokenizer.ggml.model": ("llama", V.STRING),
+                 "tokenizer.ggml.scores": ([0.0] * 4 + [-float(i) for i in range(n - 4)], V.ARRAY, V.FLOAT32),
+                 "tokenizer.ggml.token_type": ([3, 3, 3, 2] + [1] * (n - 4), V.ARRAY, V.INT32),
+                 "tokenizer.ggml.unknown_token_id": (3, V.UINT32)}
+    assert len(tiny_tokens(n)) == n
+    return tiny_gemma_file(folder / "tiny.gguf", "gemma3", metadata=tokenizer)
+
+
+def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
+    """Every row of ours (and transformers on the same file) is timed and reported; no timing is asserted."""
+    path = tiny_gguf_with_tokenizer(tmp_path)
+    out = tmp_path / "real.json"
+    assert main(["--model", str(path), "--new-tokens", "3", "--repeats", "1", "--no-compile", "--no-llama-cpp",
+                 "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    expected = {"ours float32", "ours bfloat16", "ours int8", "ours int8-weight-only", "ours int4",
+                "transformers float32", "transformers bfloat16"}
+    assert set(report["results"]) == expected
+    for name, row in report["results"].items():
+        assert row["prefill_ms"] > 0 and row["bytes_per_token"] > 0 and row["bound_tokens_per_s"] > 0, name
+    weights = {name: row["bytes_per_token"] for name, row in report["results"].items()}
+    assert weights["ours float32"] == weights["transformers float32"] == 2 * weights["ours bfloat16"]
+    assert weights["ours int4"] < weights["ours int8"] < weights["ours bfloat16"]
+    assert set(report["quality"]) == {"float32", "bfloat16", "int8", "int8-weight-only", "int4"}
+    assert report["quality"]["float32"]["greedy_tokens_equal_to_float32"] == [64, 64, 64]
+    f32 = report["quality"]["float32"]  # the cached decode path scores the text as one long call does
+    assert f32["perplexity_token_by_token"] == pytest.approx(f32["perplexity"], rel=1e-4)
+    assert report["bandwidth_gb_per_s"] > 0 and report["threads"] == 1
+    table = capsys.readouterr().out
+    assert "ours int8" in table and "of bound" in table and "perplexity" in table
+
+
+def test_real_model_benchmark_refuses_a_missing_file_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "nope.gguf"), "--no-transformers"])
+    err = capsys.readouterr().err
+    assert "--model" in err and "Traceback" not in err

@@ -89,3 +89,34 @@ def test_help_and_demo_run_as_a_new_user_would():
         assert flag in help_text
     demo = subprocess.run([sys.executable, "-m", "paligemma"], capture_output=True, text=True, check=True).stdout
     assert "2,508,662,784 parameters" in demo and "logits (1, 5, 128)" in demo
+
+
+def test_a_text_only_gguf_continues_the_prompt_streamed(tmp_path, capsys):
+    """--model FILE.gguf: no image, the prompt printed, then its continuation; --quantize works on it too."""
+    from test_benchmark import tiny_gguf_with_tokenizer
+
+    from paligemma import GemmaForCausalLM
+    from paligemma.gguf_tokenizer import gguf_tokenizer
+    from paligemma.text_generation import generate_text
+
+    path = tiny_gguf_with_tokenizer(tmp_path)
+    prompt = "▁w1 ▁w2"
+    expected = generate_text(GemmaForCausalLM.from_pretrained(path), gguf_tokenizer(path), prompt, max_new_tokens=6)
+    assert main(["generate", "--model", str(path), "--prompt", prompt, "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == prompt + expected[0] + "\n"
+    assert main(["generate", "--model", str(path), "--prompt", prompt, "--max-new-tokens", "6",
+                 "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.startswith(prompt)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], "is a text model: give it a --prompt"),
+    (["--prompt", "x", "--image", "photo.png"], "--image is for image models"),
+    (["--prompt", "x", "--quantize", "int8", "--dtype", "float32"], "--quantize sets the activations' dtype"),
+])
+def test_text_model_flag_errors_are_one_line(tmp_path, capsys, extra, words):
+    from test_benchmark import tiny_gguf_with_tokenizer
+
+    path = tiny_gguf_with_tokenizer(tmp_path)
+    with pytest.raises(SystemExit, match=words):
+        main(["generate", "--model", str(path), *extra])

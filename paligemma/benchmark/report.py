@@ -37,3 +37,35 @@ def format_table(report: dict) -> str:
         lines.append("unmeasurable: generating the other tokens took no longer than the timing noise of the first; "
                      "use more --new-tokens or --repeats")
     return "\n".join(lines)
+
+
+def format_real_table(report: dict) -> str:
+    """A real model's report: rate, ratios to transformers' and llama.cpp's rows, and each row's bandwidth bound."""
+    results = report["results"]
+    reference = {name.split()[-1]: row["decode_tokens_per_s"] for name, row in results.items()
+                 if name.startswith("transformers")}
+    llama = (results.get("llama.cpp") or {}).get("decode_tokens_per_s")
+    lines = [f"{report['model']} on {report['device']}, prompt {report['prompt_tokens']} tokens, "
+             f"{report['new_tokens']} greedy tokens, memory bandwidth {report['bandwidth_gb_per_s']:.1f} GB/s",
+             f"{'implementation':30} {'prefill ms':>10} {'decode tok/s':>13} {'vs transformers':>16} "
+             f"{'vs llama.cpp':>13} {'GB/token':>9} {'of bound':>9}"]
+    for name, row in results.items():
+        rate = row["decode_tokens_per_s"]
+        same_dtype = reference.get("bfloat16" if "float32" not in name else "float32")
+        versus = f"{rate / same_dtype:.2f}x" if rate and same_dtype and not name.startswith("llama") else "-"
+        versus_llama = f"{rate / llama:.2f}x" if rate and llama else "-"
+        bound = f"{row['fraction_of_bound']:.0%}" if row.get("fraction_of_bound") else "-"
+        shown = f"{rate:13.1f}" if rate else f"{'unmeasurable':>13}"
+        lines.append(f"{name:30} {row['prefill_ms']:10.1f} {shown} {versus:>16} {versus_llama:>13} "
+                     f"{row['bytes_per_token'] / 1e9:9.3f} {bound:>9}")
+    lines.append("vs transformers: against its row of the same dtype (bfloat16 for the quantized modes); "
+                 "of bound: decode rate / (bandwidth / bytes read per token)")
+    for key, value in report.get("ratios", {}).items():
+        lines.append(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}")
+    if report.get("quality"):
+        lines.append("quality: perplexity on a fixed English paragraph, in one call and token by token (the decode "
+                     "path); greedy tokens equal to float32's before the first difference, per prompt")
+        for mode, q in report["quality"].items():
+            lines.append(f"  {mode:18} perplexity {q['perplexity']:7.3f} / {q['perplexity_token_by_token']:7.3f}"
+                         f"   equal tokens {q['greedy_tokens_equal_to_float32']}")
+    return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""A real model's decode speed, side by side in one process: ours in float32, bfloat16 and quantized, transformers
+loading the same file, and llama.cpp (through `llama-cpp-python`, when installed) on the same GGUF file.
+
+Each row also gets its memory-bandwidth bound: decoding reads every weight once per token, so no implementation
+can beat (measured bandwidth) / (bytes of weights read per token).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..gguf_loading import is_gguf, resolve_model_file
+from ..modeling_gemma import GemmaForCausalLM
+from ..quantization import MODES, quantize
+from .report import device_description
+from .speed import measure_all, quiet_transformers
+
+PROMPT = "The capital of France is"
+QUALITY_PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "Once upon a time, in a small village by the sea,"]
+AGREEMENT_TOKENS = 64
+PARAGRAPH = ("The library opens at nine in the morning and closes at six in the evening. On weekends it keeps "
+             "shorter hours, and on public holidays it is closed. Members may borrow up to ten books at a time, "
+             "and most loans last three weeks. If you need a book for longer, you can renew it online or at the "
+             "front desk, as long as nobody else has reserved it.")
+OURS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def say(line: str) -> None:
+    """Progress on stderr (the run takes minutes), so stdout keeps only the report."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def peak_resident_gb() -> float:
+    """The process's peak resident memory so far (Linux reports kilobytes)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def memory_bandwidth_gb_per_s(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Reading speed of a large float32 tensor (its sum), the speed decoding's weights are read at."""
+    data = torch.ones(n_bytes // 4)
+    data.sum()
+    best = min(_seconds(data.sum) for _ in range(repeats))
+    return n_bytes / best / 1e9
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bytes_per_token(model) -> int:
+    """Bytes of weights a decode step reads: every weight once, the tied table once (as the lm_head).
+
+    Quantized layers say their own size (`weight_bytes`: fbgemm keeps its packed copy outside the module).
+    """
+    seen, total = set(), 0
+    for module in model.modules():
+        if hasattr(module, "weight_bytes"):
+            total += module.weight_bytes()
+            seen.update(t.data_ptr() for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.data_ptr() not in seen and "inv_freq" not in name and tensor.numel() > 1:  # not RoPE, not scalars
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def ours_candidates(path: Path, prompt_ids: torch.Tensor, modes: list[str], with_compile: bool
+                    ) -> tuple[dict, dict, dict]:
+    """name -> generate_n for ours in each mode, name -> facts (bytes read per token), and mode -> model."""
+    candidates, facts = {}, {}
+    say("  ours: float32 (dequantizing the file) ...")
+    base = GemmaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    models = {"float32": base}
+    for mode in modes:
+        if mode != "float32":
+            say(f"  ours: {mode} ...")
+            model = copy.deepcopy(base)
+            models[mode] = model.to(torch.bfloat16) if mode == "bfloat16" else quantize(model, mode)
+    for mode, model in models.items():
+        facts[f"ours {mode}"] = {"bytes_per_token": bytes_per_token(model)}
+    timed = {mode: model for mode, model in models.items() if mode in modes}
+    for mode, model in timed.items():
+        def generate_n(n, model=model, **kw):
+            return model.generate(prompt_ids, max_new_tokens=n, eos_token_id=None, **kw)
+        candidates[f"ours {mode}"] = generate_n
+        if with_compile and mode == "int8":  # the fastest mode; compiling takes about a minute per mode
+            candidates[f"ours {mode}, compiled"] = lambda n, g=generate_n: g(n, compile=True)
+            facts[f"ours {mode}, compiled"] = facts[f"ours {mode}"]
+    return {k: v for k, v in candidates.items() if k.split(",")[0].removeprefix("ours ") in modes}, facts, models
+
+
+def transformers_candidates_for(path: Path, prompt_ids: torch.Tensor, dtypes: list[str]) -> tuple[dict, dict]:
+    """transformers loading the very same file (GGUF, dequantized by its own loader; or a checkpoint folder)."""
+    import transformers
+
+    candidates, facts = {}, {}
+    for name in dtypes:
+        say(f"  transformers: {name} (its GGUF loader takes a minute or two) ...")
+        folder, extra = (path.parent, {"gguf_file": path.name}) if is_gguf(path) else (path, {})
+        with quiet_transformers():
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=OURS_DTYPES[name],
+                                                                      **extra).eval()
+        facts[f"transformers {name}"] = {"bytes_per_token": bytes_per_token(model)}
+
+        def generate_n(n, model=model):
+            with torch.no_grad():
+                return model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                      max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        candidates[f"transformers {name}"] = generate_n
+    return candidates, facts
+
+
+def llama_cpp_candidate(path: Path, prompt_ids: torch.Tensor, threads: int) -> tuple[dict, dict]:
+    """llama.cpp on the same GGUF file, greedy, fed the same prompt ids; nothing when it is not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        say("  llama.cpp: not installed (pip install llama-cpp-python, which compiles for a while): skipped")
+        return {}, {}
+    say("  llama.cpp ...")
+    llm = Llama(model_path=str(path), n_threads=threads, n_ctx=512, verbose=False)
+    ids = prompt_ids[0].tolist()
+
+    def generate_n(n):
+        llm.reset()
+        tokens = []
+        for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+            tokens.append(token)
+            if len(tokens) == n:
+                return tokens
+        return tokens
+    from ..gguf_file import read_gguf
+    gguf = read_gguf(path)
+    tensor_bytes = sum(info.nbytes for info in gguf.tensors.values())
+    return {"llama.cpp": generate_n}, {"llama.cpp": {"bytes_per_token": tensor_bytes}}
+
+
+def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: int | None = None,
+                   modes: list[str] | None = None, with_transformers: bool = True, with_llama_cpp: bool = True,
+                   with_compile: bool = True, with_quality: bool = True) -> dict:
+    """Load every candidate, time them round-robin (medians), and report rates, ratios and bandwidth bounds."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    path = resolve_model_file(model)
+    modes = modes or ["float32", "bfloat16", *MODES]
+    say(f"benchmark of {path.name}: loading every candidate, then {repeats} timed rounds of {new_tokens} tokens")
+    tokenizer = tokenizer_for(path)
+    prompt_ids = torch.tensor([tokenizer.encode(PROMPT).ids])  # with <bos>: (1, T)
+    candidates, facts, models = ours_candidates(path, prompt_ids, modes, with_compile)
+    quality = quality_of(models, tokenizer) if with_quality else {}
+    if with_transformers:
+        more, more_facts = transformers_candidates_for(path, prompt_ids, ["float32", "bfloat16"])
+        candidates.update(more), facts.update(more_facts)
+    if with_llama_cpp and is_gguf(path):
+        more, more_facts = llama_cpp_candidate(path, prompt_ids, threads)
+        candidates.update(more), facts.update(more_facts)
+    say("  measuring memory bandwidth ...")
+    bandwidth = memory_bandwidth_gb_per_s()
+    say(f"  timing {len(candidates)} candidates (compiled ones compile during the warm-up) ...")
+    results = measure_all({name: (fn, new_tokens) for name, fn in candidates.items()}, torch.device("cpu"), repeats)
+    for name, row in results.items():
+        row.update(facts[name])
+        row["bound_tokens_per_s"] = bandwidth * 1e9 / row["bytes_per_token"]
+        rate = row["decode_tokens_per_s"]
+        row["fraction_of_bound"] = rate / row["bound_tokens_per_s"] if rate else None
+    return {"model": path.name, "device": device_description(torch.device("cpu")), "threads": threads,
+            "prompt_tokens": prompt_ids.shape[1], "new_tokens": new_tokens, "repeats": repeats,
+            "bandwidth_gb_per_s": bandwidth, "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(), "peak_resident_gb": peak_resident_gb(), "results": results,
+            "ratios": ratios(results), "quality": quality}
+
+
+def tokenizer_for(path: Path):
+    if is_gguf(path):
+        from ..gguf_tokenizer import gguf_tokenizer
+        return gguf_tokenizer(path)
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
+def quality_of(models: dict, tokenizer) -> dict:
+    """Per mode: perplexity on PARAGRAPH (in one call, and token by token), and how many greedy tokens of each QUALITY_PROMPTS equal float32's."""
+    say("  quality: perplexity and greedy agreement with float32 ...")
+    text = torch.tensor([tokenizer.encode(PARAGRAPH).ids])
+    prompts = [torch.tensor([tokenizer.encode(p).ids]) for p in QUALITY_PROMPTS]
+    reference = [models["float32"].generate(p, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None)[0]
+                 for p in prompts]
+    report = {}
+    for mode, model in models.items():
+        with torch.no_grad():
+            perplexity = math.exp(model(input_ids=text, labels=text)["loss"].item())
+        stepwise = token_by_token_perplexity(model, text)
+        agree = []
+        for prompt, expected in zip(prompts, reference):
+            got = model.generate(prompt, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None)[0]
+            differ = (got != expected).nonzero()
+            agree.append(int(differ[0]) if len(differ) else AGREEMENT_TOKENS)
+        report[mode] = {"perplexity": perplexity, "perplexity_token_by_token": stepwise,
+                        "greedy_tokens_equal_to_float32": agree}
+    return report
+
+
+def token_by_token_perplexity(model, ids: torch.Tensor) -> float:
+    """Perplexity of (1, T) ids scored one token per call through the KV cache: the path decoding takes, which
+    differs from one long call for "int8" (its decode steps quantize their activations)."""
+    cache, nll = model.new_kv_cache(), 0.0
+    with torch.no_grad():
+        for t in range(ids.shape[1] - 1):
+            logits = model(input_ids=ids[:, t:t + 1], kv_cache=cache)["logits"][0, -1].float()
+            nll -= torch.log_softmax(logits, -1)[ids[0, t + 1]].item()
+    return math.exp(nll / (ids.shape[1] - 1))
+
+
+def ratios(results: dict) -> dict:
+    """The comparisons the targets are stated in, from this one run."""
+    def rate(name):
+        return (results.get(name) or {}).get("decode_tokens_per_s")
+    out = {}
+    if rate("ours bfloat16") and rate("transformers bfloat16"):
+        out["ours bfloat16 / transformers bfloat16"] = rate("ours bfloat16") / rate("transformers bfloat16")
+    if rate("ours float32") and rate("transformers float32"):
+        out["ours float32 / transformers float32"] = rate("ours float32") / rate("transformers float32")
+    ours = {name: r["decode_tokens_per_s"] for name, r in results.items()
+            if name.startswith("ours") and r["decode_tokens_per_s"]}
+    if ours:
+        best = max(ours, key=ours.get)
+        out["best ours"] = best
+        if rate("llama.cpp"):
+            out["best ours / llama.cpp"] = ours[best] / rate("llama.cpp")
+        out["best ours, fraction of its bandwidth bound"] = results[best]["fraction_of_bound"]
+    return out
