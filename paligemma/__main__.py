@@ -24,7 +24,7 @@ from .cli_checks import (OneLineParser, device_arg, image_format_problem, non_ne
                          positive_int_arg, probability_arg, seed_arg, writable_file_problem)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUANTIZE_MODES = ("int8", "int8-weight-only", "int4")  # paligemma.quantization.MODES, without importing it here
+QUANTIZE_MODES = ("int8", "int8-dynamic", "int4")  # paligemma.quantization.MODES, without importing it here
 
 
 def demo(_: argparse.Namespace) -> int:
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cpu, cuda or cuda:N (default: %(default)s)")
     gen.add_argument("--quantize", choices=QUANTIZE_MODES,
-                     help="decode with quantized weights on the CPU: int8 (fastest on x86), int8-weight-only, int4")
+                     help="decode with quantized weights on the CPU: int8 (weight-only), int8-dynamic (activations too: fastest on x86 CPUs without AVX-512, at some quality cost), int4")
     gen.add_argument("--dtype", choices=sorted(DTYPES),
                      help="weights' dtype (default: float32 for the shipped nano model; for --model, "
                           "bfloat16 on cuda and float32 on cpu)")

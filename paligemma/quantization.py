@@ -4,24 +4,24 @@ Decoding a token reads every weight once (notebook 11), so its speed is bounded 
 token over memory bandwidth: halving the bytes can double the tokens per second. Three modes:
 
 - "int8": int8 weights per output channel: for row $r$ of $W$, $s_r = \max_j |W_{rj}| / 127$ and
-  $q_{rj} = \mathrm{round}(W_{rj} / s_r)$. In decode steps the token's activations are quantized too, on
-  the fly (a scale from their own range), and the product runs in integers: fbgemm's `linear_dynamic`
-  kernel, which reads the int8 weights at close to memory speed on any x86 CPU (AVX2 or AVX-512). Long
-  inputs (a prompt, a scored text) multiply float activations by the dequantized int8 weights instead.
-  The price is quality: on AVX2 the kernel keeps activations to 7 bits, and Gemma's activations have a few
-  very large channels, so decode steps lose precision (Gemma 3 270M: perplexity 14.4 against 13.15 in
-  float32, scored token by token; the benchmark prints it next to the speed).
-- "int8-weight-only": the same weights, but the activations stay bfloat16 and
+  $q_{rj} = \mathrm{round}(W_{rj} / s_r)$. Weight-only: the activations stay bfloat16 and
   $x W^\top \approx (x\, q^\top) \odot s$ runs in torch's `_weight_int8pack_mm` (fast where the CPU has
-  AVX-512; compute-bound on AVX2).
+  AVX-512; compute-bound on AVX2, where it is no faster than bfloat16).
+- "int8-dynamic": the same weights, and in decode steps the token's activations are quantized too, on the
+  fly (a scale from their own range), so the product runs in integers: fbgemm's `linear_dynamic` kernel,
+  which reads int8 weights at close to memory speed on any x86 CPU (AVX2 or AVX-512). Long inputs (a
+  prompt, a scored text) multiply float activations by the dequantized int8 weights instead. The price is
+  quality: on AVX2 the kernel keeps activations to 7 bits, and Gemma's activations have a few very large
+  channels, so decode steps lose precision (Gemma 3 270M: perplexity 14.4 against 13.15 in float32,
+  scored token by token; the benchmark prints it next to the speed).
 - "int4": groups of $G = 32$ weights of a row get 16 levels from their minimum $m$ to their maximum,
   $W \approx m + s\,q$ with $q \in [0, 15]$ (`_weight_int4pack_mm_for_cpu`, bfloat16 activations); the
   output projection stays int8 (its rows are also the input embedding).
 
 `quantize(model, mode)` swaps every linear layer of the decoder, and the tied output projection, for a
 quantized one; the tied embedding table keeps one int8 copy for its lookups. (torch 2.13 warns that its
-quantized tensors, which fbgemm's kernel takes, will be removed in a future release; "int8-weight-only" and
-"int4" do not use them.)
+quantized tensors, which fbgemm's kernel takes, will be removed in a future release; "int8" and "int4" do
+not use them.)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("int8", "int8-weight-only", "int4")
+MODES = ("int8", "int8-dynamic", "int4")
 INT4_GROUP = 32
 ROWS_QUANTIZED_ONE_BY_ONE = 8  # Int8DynamicLinear: up to this many rows (a batch of decode steps) one call each
 _PACKED: dict[int, object] = {}  # fbgemm's packed weights by id (a TorchBind object cannot enter a compiled graph)
@@ -205,21 +205,21 @@ class QuantizedEmbedding(nn.Module):
         return rows.to(head.scales.dtype) * head.scales[input_ids][..., None]
 
 
-LAYER_KINDS = {"int8": Int8DynamicLinear.from_linear, "int8-weight-only": Int8Linear.from_linear, "int4": Int4Linear}
-ACTIVATIONS = {"int8": torch.float32, "int8-weight-only": torch.bfloat16, "int4": torch.bfloat16}
+LAYER_KINDS = {"int8": Int8Linear.from_linear, "int8-dynamic": Int8DynamicLinear.from_linear, "int4": Int4Linear}
+ACTIVATIONS = {"int8": torch.bfloat16, "int8-dynamic": torch.float32, "int4": torch.bfloat16}
 
 
 def quantize(model, mode: str = "int8"):
     """Quantize a causal LM's (or PaliGemma's) decoder in place: its linear layers and the tied output projection.
 
     The rest of the model (norms, RoPE, the vision tower) runs in the mode's activation dtype: float32 for
-    "int8" (its kernel takes float32), bfloat16 for the other two. Returns the model, in eval mode; a quantized
+    "int8-dynamic" (its kernel takes float32), bfloat16 for the other two. Returns the model, in eval mode; a quantized
     model is for decoding only (no training, no save_pretrained).
     """
     if mode not in MODES:
         raise ValueError(f"quantize mode must be one of {MODES}, got {mode!r}")
-    if mode == "int8" and "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise ValueError("quantize mode 'int8' needs torch's fbgemm kernels (x86 CPUs); use 'int8-weight-only'")
+    if mode == "int8-dynamic" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise ValueError("quantize mode 'int8-dynamic' needs torch's fbgemm kernels (x86 CPUs); use 'int8'")
     dtype = ACTIVATIONS[mode]
     language_model = getattr(model, "language_model", model)
     if getattr(language_model, "quantized", None):
@@ -235,7 +235,7 @@ def quantize(model, mode: str = "int8"):
                     setattr(parent, name, LAYER_KINDS[mode](child, dtype))
     # the output projection: 262,144 x 640 in Gemma 3 270M, 63 % of its weights; int8 in every mode (its rows
     # are also the embedding, which int4 groups would blur for every input token)
-    if mode == "int8":
+    if mode == "int8-dynamic":
         head = Int8DynamicLinear.from_linear(language_model.lm_head, dtype, keep_rows=True)
     else:
         head = Int8Linear.from_linear(language_model.lm_head, dtype)

@@ -93,7 +93,7 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     assert main(["--model", str(path), "--new-tokens", "3", "--repeats", "1", "--no-compile", "--no-llama-cpp",
                  "--threads", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    expected = {"ours float32", "ours bfloat16", "ours int8", "ours int8-weight-only", "ours int4",
+    expected = {"ours float32", "ours bfloat16", "ours int8", "ours int8-dynamic", "ours int4",
                 "transformers float32", "transformers bfloat16"}
     assert set(report["results"]) == expected
     for name, row in report["results"].items():
@@ -101,7 +101,7 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     weights = {name: row["bytes_per_token"] for name, row in report["results"].items()}
     assert weights["ours float32"] == weights["transformers float32"] == 2 * weights["ours bfloat16"]
     assert weights["ours int4"] < weights["ours int8"] < weights["ours bfloat16"]
-    assert set(report["quality"]) == {"float32", "bfloat16", "int8", "int8-weight-only", "int4"}
+    assert set(report["quality"]) == {"float32", "bfloat16", "int8", "int8-dynamic", "int4"}
     assert report["quality"]["float32"]["greedy_tokens_equal_to_float32"] == [64, 64, 64]
     f32 = report["quality"]["float32"]  # the cached decode path scores the text as one long call does
     assert f32["perplexity_token_by_token"] == pytest.approx(f32["perplexity"], rel=1e-4)

@@ -104,9 +104,10 @@ def test_a_text_only_gguf_continues_the_prompt_streamed(tmp_path, capsys):
     expected = generate_text(GemmaForCausalLM.from_pretrained(path), gguf_tokenizer(path), prompt, max_new_tokens=6)
     assert main(["generate", "--model", str(path), "--prompt", prompt, "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out == prompt + expected[0] + "\n"
-    assert main(["generate", "--model", str(path), "--prompt", prompt, "--max-new-tokens", "6",
-                 "--quantize", "int8"]) == 0
-    assert capsys.readouterr().out.startswith(prompt)
+    for mode in ("int8", "int8-dynamic", "int4"):
+        assert main(["generate", "--model", str(path), "--prompt", prompt, "--max-new-tokens", "6",
+                     "--quantize", mode]) == 0
+        assert capsys.readouterr().out.startswith(prompt), mode
 
 
 @pytest.mark.parametrize("extra, words", [

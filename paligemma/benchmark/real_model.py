@@ -95,7 +95,7 @@ def ours_candidates(path: Path, prompt_ids: torch.Tensor, modes: list[str], with
         def generate_n(n, model=model, **kw):
             return model.generate(prompt_ids, max_new_tokens=n, eos_token_id=None, **kw)
         candidates[f"ours {mode}"] = generate_n
-        if with_compile and mode == "int8":  # the fastest mode; compiling takes about a minute per mode
+        if with_compile and mode == "int8-dynamic":  # the fastest mode; compiling takes about a minute per mode
             candidates[f"ours {mode}, compiled"] = lambda n, g=generate_n: g(n, compile=True)
             facts[f"ours {mode}, compiled"] = facts[f"ours {mode}"]
     return {k: v for k, v in candidates.items() if k.split(",")[0].removeprefix("ours ") in modes}, facts, models
@@ -215,7 +215,7 @@ def quality_of(models: dict, tokenizer) -> dict:
 
 def token_by_token_perplexity(model, ids: torch.Tensor) -> float:
     """Perplexity of (1, T) ids scored one token per call through the KV cache: the path decoding takes, which
-    differs from one long call for "int8" (its decode steps quantize their activations)."""
+    differs from one long call for "int8-dynamic" (its decode steps quantize their activations)."""
     cache, nll = model.new_kv_cache(), 0.0
     with torch.no_grad():
         for t in range(ids.shape[1] - 1):
