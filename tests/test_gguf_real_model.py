@@ -134,6 +134,14 @@ def test_loss_on_real_text_equals_transformers(ours, hf_model, tokenizer):
     assert 1.5 < torch.exp(mine).item() < 30  # perplexity of ordinary English for a 270M base model
 
 
+def _perplexity(model, ids: torch.Tensor) -> float:
+    """exp(mean next-token loss) of (1, T) ids, in one call."""
+    import math
+
+    with torch.no_grad():
+        return math.exp(model(input_ids=ids, labels=ids)["loss"].item())
+
+
 def _greedy_tokens_equal(model, reference_model, tokenizer, prompt: str, n: int) -> int:
     ids = torch.tensor([tokenizer.encode(prompt).ids])
     reference = reference_model.generate(ids, max_new_tokens=n, eos_token_id=None)[0]
@@ -147,15 +155,12 @@ def test_int8_weight_only_agrees_with_float32(ours, tokenizer):
     decoding equal to float32's for the first N tokens of each prompt (measured N = 11, 14, 10 of 64; then a
     near tie between two tokens goes the other way)."""
     import copy
-    import math
 
     from paligemma.quantization import quantize
 
     int8 = quantize(copy.deepcopy(ours), "int8")
     ids = torch.tensor([tokenizer.encode(PARAGRAPH).ids])
-    with torch.no_grad():
-        base = math.exp(ours(input_ids=ids, labels=ids)["loss"].item())
-        quantized = math.exp(int8(input_ids=ids, labels=ids)["loss"].item())
+    base, quantized = _perplexity(ours, ids), _perplexity(int8, ids)
     assert abs(quantized - base) / base < 0.03, (base, quantized)
     equal = [_greedy_tokens_equal(int8, ours, tokenizer, prompt, NEW_TOKENS) for prompt in PROMPTS]
     assert min(equal) >= 8, equal
@@ -165,16 +170,13 @@ def test_int8_dynamic_quality_on_real_text(ours, tokenizer):
     """W8A8 int8 on the real model: prompts (float activations) score like float32; decode steps, whose
     activations are quantized to 7 bits per token, cost some perplexity (measured +10 %) but stay close."""
     import copy
-    import math
 
     from paligemma.benchmark.real_model import token_by_token_perplexity  # checked in test_benchmark.py
     from paligemma.quantization import quantize
 
     int8 = quantize(copy.deepcopy(ours), "int8-dynamic")
     ids = torch.tensor([tokenizer.encode(PARAGRAPH).ids])
-    with torch.no_grad():
-        base = math.exp(ours(input_ids=ids, labels=ids)["loss"].item())
-        prefill = math.exp(int8(input_ids=ids, labels=ids)["loss"].item())
+    base, prefill = _perplexity(ours, ids), _perplexity(int8, ids)
     assert abs(prefill - base) / base < 0.03, (base, prefill)
     decode = token_by_token_perplexity(int8, ids)
     assert decode < 1.15 * base, (base, decode)

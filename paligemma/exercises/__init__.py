@@ -8,7 +8,7 @@ committed figures; `from_notebook` (pieces.py) reuses a function built in an ear
 """
 
 from . import (attention, cache_size, decoder, gemma_family, generation, kv_cache, multimodal, nano, overview,
-               performance, real_gemma, rmsnorm, rope, siglip, weights)
+               performance, real_gemma, real_speed, rmsnorm, rope, siglip, weights)
 from .checking import ExerciseError, check_close, run_candidate
 from .figures import measured, save_figure
 from .pieces import from_notebook
@@ -27,8 +27,9 @@ from .performance import *  # noqa: F401,F403
 from .cache_size import *  # noqa: F401,F403
 from .gemma_family import *  # noqa: F401,F403
 from .real_gemma import *  # noqa: F401,F403
+from .real_speed import *  # noqa: F401,F403
 
 __all__ = ["ExerciseError", "check_close", "run_candidate", "save_figure", "measured", "from_notebook"]
 for _module in (overview, rmsnorm, rope, attention, kv_cache, decoder, siglip, multimodal, generation, weights, nano,
-                performance, cache_size, gemma_family, real_gemma):
+                performance, cache_size, gemma_family, real_gemma, real_speed):
     __all__ += _module.__all__
