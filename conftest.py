@@ -2,7 +2,8 @@
 
 The notebooks (run by nbval, whose kernels inherit this environment) save their figures through
 `paligemma.exercises.save_figure`, which writes to `$PALIGEMMA_FIGURES`: here a temporary folder, so
-the committed PNGs are never rewritten. Timing cells re-measure only when `PALIGEMMA_MEASURE=1`, which a
+the committed PNGs are never rewritten. Under xdist the kernels get one thread each (`OMP_NUM_THREADS`),
+as the tests do, so the two workers do not oversubscribe the cores. Timing cells re-measure only when `PALIGEMMA_MEASURE=1`, which a
 test run never sets. At the end, the run fails if it changed any file git knows about.
 """
 
@@ -32,6 +33,8 @@ def pytest_configure(config):
         os.environ["PALIGEMMA_TEST_FIGURES"] = tempfile.mkdtemp(prefix="paligemma-figures-")
         config._paligemma_figures = os.environ["PALIGEMMA_TEST_FIGURES"]
     os.environ["PALIGEMMA_FIGURES"] = os.environ["PALIGEMMA_TEST_FIGURES"]
+    if hasattr(config, "workerinput"):  # an xdist worker: two of them share the cores, so one thread each
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the notebook kernels nbval starts (PyTorch reads it)
     if not hasattr(config, "workerinput"):
         config._paligemma_git_status = _git_status()
 

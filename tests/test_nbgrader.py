@@ -8,6 +8,7 @@ executes both submissions.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,12 @@ WRONG_TOKENS = "    return height * width // patch_size ** 2  # counts the lefto
 
 
 def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run nbgrader with this Python; its environment's scripts go first on PATH (nbgrader runs `alembic` by
+    name), so the test also works when pytest is started as .venv/bin/python -m pytest, unactivated."""
+    scripts = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": scripts + os.pathsep + os.environ.get("PATH", "")}
     result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
