@@ -1,6 +1,7 @@
 """The benchmark runs end to end on the tiny config (correctness of the report only: no timing asserts)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,8 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     assert set(report["results"]) == expected
     for name, row in report["results"].items():
         assert row["prefill_ms"] > 0 and row["bytes_per_token"] > 0 and row["bound_tokens_per_s"] > 0, name
+        if Path("/proc/self/statm").exists():  # Linux says how much memory each candidate's loading added
+            assert row["memory_gb"] is not None and row["memory_gb"] >= 0, name
     weights = {name: row["bytes_per_token"] for name, row in report["results"].items()}
     assert weights["ours float32"] == weights["transformers float32"] == 2 * weights["ours bfloat16"]
     assert weights["ours int4"] < weights["ours int8"] < weights["ours bfloat16"]
@@ -107,7 +110,7 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     assert f32["perplexity_token_by_token"] == pytest.approx(f32["perplexity"], rel=1e-4)
     assert report["bandwidth_gb_per_s"] > 0 and report["threads"] == 1
     table = capsys.readouterr().out
-    assert "ours int8" in table and "of bound" in table and "perplexity" in table
+    assert "ours int8" in table and "of bound" in table and "perplexity" in table and "memory GB" in table
 
 
 def test_real_model_benchmark_refuses_a_missing_file_in_one_line(tmp_path, capsys):

@@ -45,6 +45,22 @@ def peak_resident_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def resident_gb() -> float | None:
+    """The process's resident memory now (Linux's /proc/self/statm), or None where the system does not say."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    import resource
+    return pages * resource.getpagesize() / 1e9
+
+
+def _memory_added(before: float | None) -> float | None:
+    """Resident memory added since `before`: what a candidate's weights (and packed copies) hold."""
+    now = resident_gb()
+    return None if before is None or now is None else max(0.0, now - before)
+
+
 def memory_bandwidth_gb_per_s(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
     """Reading speed of a large float32 tensor (its sum), the speed decoding's weights are read at."""
     data = torch.ones(n_bytes // 4)
@@ -81,15 +97,18 @@ def ours_candidates(path: Path, prompt_ids: torch.Tensor, modes: list[str], with
     """name -> generate_n for ours in each mode, name -> facts (bytes read per token), and mode -> model."""
     candidates, facts = {}, {}
     say("  ours: float32 (dequantizing the file) ...")
+    before = resident_gb()
     base = GemmaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    models = {"float32": base}
+    models, memory = {"float32": base}, {"float32": _memory_added(before)}
     for mode in modes:
         if mode != "float32":
             say(f"  ours: {mode} ...")
+            before = resident_gb()
             model = copy.deepcopy(base)
             models[mode] = model.to(torch.bfloat16) if mode == "bfloat16" else quantize(model, mode)
+            memory[mode] = _memory_added(before)
     for mode, model in models.items():
-        facts[f"ours {mode}"] = {"bytes_per_token": bytes_per_token(model)}
+        facts[f"ours {mode}"] = {"bytes_per_token": bytes_per_token(model), "memory_gb": memory[mode]}
     timed = {mode: model for mode, model in models.items() if mode in modes}
     for mode, model in timed.items():
         def generate_n(n, model=model, **kw):
@@ -109,10 +128,12 @@ def transformers_candidates_for(path: Path, prompt_ids: torch.Tensor, dtypes: li
     for name in dtypes:
         say(f"  transformers: {name} (its GGUF loader takes a minute or two) ...")
         folder, extra = (path.parent, {"gguf_file": path.name}) if is_gguf(path) else (path, {})
+        before = resident_gb()
         with quiet_transformers():
             model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=OURS_DTYPES[name],
                                                                       **extra).eval()
-        facts[f"transformers {name}"] = {"bytes_per_token": bytes_per_token(model)}
+        facts[f"transformers {name}"] = {"bytes_per_token": bytes_per_token(model),
+                                         "memory_gb": _memory_added(before)}
 
         def generate_n(n, model=model):
             with torch.no_grad():
@@ -130,7 +151,9 @@ def llama_cpp_candidate(path: Path, prompt_ids: torch.Tensor, threads: int) -> t
         say("  llama.cpp: not installed (pip install llama-cpp-python, which compiles for a while): skipped")
         return {}, {}
     say("  llama.cpp ...")
+    before = resident_gb()
     llm = Llama(model_path=str(path), n_threads=threads, n_ctx=512, verbose=False)
+    memory = _memory_added(before)
     ids = prompt_ids[0].tolist()
 
     def generate_n(n):
@@ -144,7 +167,7 @@ def llama_cpp_candidate(path: Path, prompt_ids: torch.Tensor, threads: int) -> t
     from ..gguf_file import read_gguf
     gguf = read_gguf(path)
     tensor_bytes = sum(info.nbytes for info in gguf.tensors.values())
-    return {"llama.cpp": generate_n}, {"llama.cpp": {"bytes_per_token": tensor_bytes}}
+    return {"llama.cpp": generate_n}, {"llama.cpp": {"bytes_per_token": tensor_bytes, "memory_gb": memory}}
 
 
 def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: int | None = None,

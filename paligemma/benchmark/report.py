@@ -48,7 +48,7 @@ def format_real_table(report: dict) -> str:
     lines = [f"{report['model']} on {report['device']}, prompt {report['prompt_tokens']} tokens, "
              f"{report['new_tokens']} greedy tokens, memory bandwidth {report['bandwidth_gb_per_s']:.1f} GB/s",
              f"{'implementation':30} {'prefill ms':>10} {'decode tok/s':>13} {'vs transformers':>16} "
-             f"{'vs llama.cpp':>13} {'GB/token':>9} {'of bound':>9}"]
+             f"{'vs llama.cpp':>13} {'GB/token':>9} {'of bound':>9} {'memory GB':>10}"]
     for name, row in results.items():
         rate = row["decode_tokens_per_s"]
         same_dtype = reference.get("bfloat16" if "float32" not in name else "float32")
@@ -56,10 +56,15 @@ def format_real_table(report: dict) -> str:
         versus_llama = f"{rate / llama:.2f}x" if rate and llama else "-"
         bound = f"{row['fraction_of_bound']:.0%}" if row.get("fraction_of_bound") else "-"
         shown = f"{rate:13.1f}" if rate else f"{'unmeasurable':>13}"
+        memory = f"{row['memory_gb']:10.2f}" if row.get("memory_gb") is not None else f"{'-':>10}"
         lines.append(f"{name:30} {row['prefill_ms']:10.1f} {shown} {versus:>16} {versus_llama:>13} "
-                     f"{row['bytes_per_token'] / 1e9:9.3f} {bound:>9}")
+                     f"{row['bytes_per_token'] / 1e9:9.3f} {bound:>9} {memory}")
     lines.append("vs transformers: against its row of the same dtype (bfloat16 for the quantized modes); "
-                 "of bound: decode rate / (bandwidth / bytes read per token)")
+                 "of bound: decode rate / (bandwidth / bytes read per token); memory: resident memory its "
+                 "loading added")
+    if report.get("peak_resident_gb"):
+        lines.append(f"peak resident memory of the whole run (every candidate loaded at once): "
+                     f"{report['peak_resident_gb']:.2f} GB")
     for key, value in report.get("ratios", {}).items():
         lines.append(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}")
     if report.get("quality"):
