@@ -21,7 +21,8 @@ import torch
 
 from . import GemmaConfig, GemmaForCausalLM, KVCache
 from .cli_checks import (OneLineParser, device_arg, image_format_problem, non_negative_int_arg, positive_float_arg,
-                         positive_int_arg, probability_arg, seed_arg, writable_file_problem)
+                         positive_int_arg, probability_arg, seed_arg, streamed_decoding_options,
+                         writable_file_problem)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZE_MODES = ("int8", "int8-dynamic", "int4")  # paligemma.quantization.MODES, without importing it here
@@ -151,12 +152,8 @@ def run_generate(args: argparse.Namespace) -> int:
         image = draw_scene(args)
     if args.image is None:
         print(f"prompt: {args.prompt}\nanswer: ", end="", flush=True)
-    sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
     try:
-        generate(model, processor, [image], [args.prompt], max_new_tokens=args.max_new_tokens, do_sample=sampling,
-                 temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
-                 top_p=args.top_p, seed=args.seed, compile=args.compile,
-                 on_token=lambda pieces: print(pieces[0], end="", flush=True))
+        generate(model, processor, [image], [args.prompt], **streamed_decoding_options(args))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     print()

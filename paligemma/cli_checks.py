@@ -140,3 +140,13 @@ def image_format_problem(path: Path) -> str | None:
     except (OSError, ValueError, KeyError) as error:
         return f"Pillow cannot write an RGB image as {image_format}: {error}"
     return None
+
+
+def streamed_decoding_options(args: argparse.Namespace) -> dict:
+    """The generate command's decoding flags as keyword arguments of `generate` / `generate_text`, streaming the
+    answer to stdout; sampling is on when any sampling flag is given."""
+    sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed, compile=args.compile,
+                on_token=lambda pieces: print(pieces[0], end="", flush=True))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .cli_checks import streamed_decoding_options
 from .gguf_loading import GEMMA3_270M, is_gguf, resolve_model_file
 
 TEXT_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text")
@@ -78,12 +79,8 @@ def run_text_generation(args: argparse.Namespace, dtype: torch.dtype | None) -> 
         raise SystemExit(f'error: {args.model} is a text model: give it a --prompt "..." to continue')
     model, tokenizer = load_text_model(args, dtype)
     print(args.prompt, end="", flush=True)
-    sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
     try:
-        generate_text(model, tokenizer, [args.prompt], max_new_tokens=args.max_new_tokens, do_sample=sampling,
-                      temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
-                      top_p=args.top_p, seed=args.seed, compile=args.compile,
-                      on_token=lambda pieces: print(pieces[0], end="", flush=True))
+        generate_text(model, tokenizer, [args.prompt], **streamed_decoding_options(args))
     except ValueError as err:
         raise SystemExit(f"\nerror: {err}") from None
     print()

@@ -105,12 +105,10 @@ def test_greedy_continuations_are_transformers_token_for_token(ours, hf_model, t
     """Our cached greedy decoding (batched, left-padded prompts) for 64 tokens; then transformers reads each
     prompt + our continuation in one pass: its argmax at every position must be our next token, which is
     exactly what its own greedy decoding would have produced."""
+    from paligemma.text_generation import encode_prompts
+
     rows = [tokenizer.encode(p).ids for p in PROMPTS]
-    longest = max(map(len, rows))
-    ids = torch.zeros(len(rows), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, longest - len(row):], mask[i, longest - len(row):] = torch.tensor(row), 1
+    ids, mask = encode_prompts(tokenizer, PROMPTS, pad_id=0)  # left-padded (B, T)
     new = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, eos_token_id=None)
     worst = 0.0
     for row, prompt_ids, continuation in zip(range(len(rows)), rows, new):
