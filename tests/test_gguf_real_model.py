@@ -170,19 +170,21 @@ def test_int8_weight_only_agrees_with_float32(ours, tokenizer):
     assert min(equal) >= 8, equal
 
 
-def test_int8_dynamic_quality_on_real_text(ours, tokenizer):
-    """W8A8 int8 on the real model: prompts (float activations) score like float32; decode steps, whose
-    activations are quantized to 7 bits per token, cost some perplexity (measured +10 %) but stay close."""
+@pytest.mark.parametrize("mode, perplexity_cost", [("int8-dynamic", 0.03), ("int4", 0.10)])
+def test_quantized_activations_quality_on_real_text(ours, tokenizer, mode, perplexity_cost):
+    """Activations rounded to int8 per block of 32 (int8-dynamic; int4 with 4-bit weights too) on the real model:
+    a prompt and a decode step round alike, so the text scores the same in one call and token by token, close
+    to float32 (measured: int8-dynamic 13.10 against 13.15, int4 13.9)."""
     import copy
 
     from paligemma.benchmark.real_model import token_by_token_perplexity  # checked in test_benchmark.py
     from paligemma.quantization import quantize
 
-    int8 = quantize(copy.deepcopy(ours), "int8-dynamic")
+    quantized = quantize(copy.deepcopy(ours), mode)
     ids = torch.tensor([tokenizer.encode(PARAGRAPH).ids])
-    base, prefill = _perplexity(ours, ids), _perplexity(int8, ids)
-    assert abs(prefill - base) / base < 0.03, (base, prefill)
-    decode = token_by_token_perplexity(int8, ids)
-    assert decode < 1.15 * base, (base, decode)
-    got = int8.generate(torch.tensor([tokenizer.encode(PROMPTS[0]).ids]), max_new_tokens=16, eos_token_id=None)
+    base, one_call = _perplexity(ours, ids), _perplexity(quantized, ids)
+    assert abs(one_call - base) / base < perplexity_cost, (base, one_call)
+    stepwise = token_by_token_perplexity(quantized, ids)
+    assert abs(stepwise - one_call) / one_call < 0.01, (one_call, stepwise)
+    got = quantized.generate(torch.tensor([tokenizer.encode(PROMPTS[0]).ids]), max_new_tokens=16, eos_token_id=None)
     assert tokenizer.decode(got[0].tolist()).startswith(" the capital of"), tokenizer.decode(got[0].tolist())

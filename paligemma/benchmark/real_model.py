@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cpu_kernels
 from ..gguf_loading import is_gguf, resolve_model_file
 from ..modeling_gemma import GemmaForCausalLM
 from ..quantization import MODES, quantize
@@ -76,47 +77,76 @@ def _seconds(fn: Callable[[], object]) -> float:
 
 
 def bytes_per_token(model) -> int:
-    """Bytes of weights a decode step reads: every weight once, the tied table once (as the lm_head).
+    """Bytes of weights a decode step reads: every weight once, the output projection whole, the embedding table
+    not at all beyond it (a lookup reads one row: tied, the table is the output projection's; int4 keeps its own
+    int8 copy for the lookups). Quantized layers say their own size (`weight_bytes`)."""
+    def tensors(module):
+        return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
 
-    Quantized layers say their own size (`weight_bytes`: fbgemm keeps its packed copy outside the module).
-    """
+    modules = dict(model.named_modules())
+    heads = [module for name, module in modules.items() if name.split(".")[-1] == "lm_head"]
     seen, total = set(), 0
-    for module in model.modules():
-        if hasattr(module, "weight_bytes"):
+    for name, module in [*[(None, head) for head in heads], *modules.items()]:  # the heads first
+        if hasattr(module, "weight_bytes") and not any(t.data_ptr() in seen for t in tensors(module)) and \
+                (name is None or "embed_tokens" not in name):
             total += module.weight_bytes()
-            seen.update(t.data_ptr() for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
+            seen.update(t.data_ptr() for t in tensors(module))
+    for head in heads:
+        for tensor in tensors(head):
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.data_ptr() not in seen and "inv_freq" not in name and tensor.numel() > 1:  # not RoPE, not scalars
-            seen.add(tensor.data_ptr())
+        lookup = "embed_tokens" in name
+        if tensor.data_ptr() not in seen and not lookup and "inv_freq" not in name and tensor.numel() > 1:
+            seen.add(tensor.data_ptr())  # (not RoPE's frequencies, not scalars)
             total += tensor.numel() * tensor.element_size()
     return total
 
 
+COMPILED_MODES = ("bfloat16", "int8", "int8-dynamic", "int4")  # also timed compiled (about a minute each)
+TORCH_KERNELS = "bfloat16, torch's kernels"  # the bfloat16 model without our kernels, for comparison
+
+
 def ours_candidates(path: Path, prompt_ids: torch.Tensor, modes: list[str], with_compile: bool
                     ) -> tuple[dict, dict, dict]:
-    """name -> generate_n for ours in each mode, name -> facts (bytes read per token), and mode -> model."""
+    """name -> generate_n for ours in each mode, name -> facts (bytes read per token), and mode -> model.
+
+    "bfloat16" decodes through our CPU kernels (`cpu_kernels.use_cpu_kernels`) where they can be built, and the
+    same model on torch's kernels is timed beside it; "float32" is the plain reference model.
+    """
     candidates, facts = {}, {}
     say("  ours: float32 (dequantizing the file) ...")
     before = resident_gb()
     base = GemmaForCausalLM.from_pretrained(path, dtype=torch.float32)
     models, memory = {"float32": base}, {"float32": _memory_added(before)}
     for mode in modes:
-        if mode != "float32":
+        if mode == "bfloat16":
+            say("  ours: bfloat16 ...")
+            before = resident_gb()
+            models[mode] = copy.deepcopy(base).to(torch.bfloat16)
+            memory[mode] = _memory_added(before)
+            if cpu_kernels.available():
+                models[TORCH_KERNELS], memory[TORCH_KERNELS] = models[mode], memory[mode]
+                models[mode] = cpu_kernels.use_cpu_kernels(copy.deepcopy(models[mode]))
+            else:
+                say(f"  (our CPU kernels are not available: {cpu_kernels.unavailable_reason()})")
+        elif mode != "float32":
             say(f"  ours: {mode} ...")
             before = resident_gb()
-            model = copy.deepcopy(base)
-            models[mode] = model.to(torch.bfloat16) if mode == "bfloat16" else quantize(model, mode)
+            models[mode] = quantize(copy.deepcopy(base), mode)
             memory[mode] = _memory_added(before)
     for mode, model in models.items():
         facts[f"ours {mode}"] = {"bytes_per_token": bytes_per_token(model), "memory_gb": memory[mode]}
-    timed = {mode: model for mode, model in models.items() if mode in modes}
+    timed = {mode: model for mode, model in models.items() if mode in modes or mode == TORCH_KERNELS}
     for mode, model in timed.items():
         def generate_n(n, model=model, **kw):
             return model.generate(prompt_ids, max_new_tokens=n, eos_token_id=None, **kw)
         candidates[f"ours {mode}"] = generate_n
-        if with_compile and mode == "int8-dynamic":  # the fastest mode; compiling takes about a minute per mode
+        if with_compile and mode in COMPILED_MODES:
             candidates[f"ours {mode}, compiled"] = lambda n, g=generate_n: g(n, compile=True)
             facts[f"ours {mode}, compiled"] = facts[f"ours {mode}"]
+    models.pop(TORCH_KERNELS, None)  # the quality report: one bfloat16 row (the kernels change only rounding)
     return candidates, facts, models
 
 
@@ -252,8 +282,12 @@ def ratios(results: dict) -> dict:
     def rate(name):
         return (results.get(name) or {}).get("decode_tokens_per_s")
     out = {}
-    if rate("ours bfloat16") and rate("transformers bfloat16"):
-        out["ours bfloat16 / transformers bfloat16"] = rate("ours bfloat16") / rate("transformers bfloat16")
+    bfloat16_rows = [name for name in results if name.startswith("ours bfloat16") and TORCH_KERNELS not in name
+                     and rate(name)]
+    if bfloat16_rows and rate("transformers bfloat16"):
+        fastest = max(bfloat16_rows, key=rate)
+        out["ours bfloat16 (fastest row)"] = fastest
+        out["ours bfloat16 / transformers bfloat16"] = rate(fastest) / rate("transformers bfloat16")
     if rate("ours float32") and rate("transformers float32"):
         out["ours float32 / transformers float32"] = rate("ours float32") / rate("transformers float32")
     ours = {name: r["decode_tokens_per_s"] for name, r in results.items()

@@ -1,0 +1,227 @@
+"""Our own matrix-vector kernels for CPU decoding (`cpu_kernels.c`), compiled on first use with the system's C compiler.
+
+A decode step multiplies one token's activations by every weight matrix once. torch's kernels for that shape
+are built for matrices, not vectors: on an AVX2 CPU they read bfloat16 and int8 weights at about half of memory
+speed (notebook 14). The C file holds four short loops (float32, bfloat16, int8 weights; int8 weights with int8
+activations) that stream the rows at close to memory speed.
+
+The library is built once into a cache folder (`PALIGEMMA_CACHE`, else `~/.cache/paligemma`) and called through
+`ctypes`, wrapped as torch operators so `torch.compile` can keep them in its graph. Where it cannot be built (no C
+compiler, no AVX2, not Linux/macOS on x86), or `PALIGEMMA_CPU_KERNELS=0` is set, `available()` says why and every
+caller uses torch's own kernels instead: the same numbers up to float rounding, only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+BLOCK = 32  # every kernel takes rows whose length is a multiple of this (and int8 activations use blocks of it)
+_LOCK = threading.Lock()
+_STATE: dict[str, object] = {}  # "library" (a ctypes.CDLL) or "reason" (why there is none), once tried
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get("PALIGEMMA_CACHE") or Path.home() / ".cache" / "paligemma")
+
+
+def _build() -> ctypes.CDLL:
+    """Compile cpu_kernels.c (unless this very source was compiled before) and load it."""
+    if os.environ.get("PALIGEMMA_CPU_KERNELS", "1") == "0":
+        raise RuntimeError("PALIGEMMA_CPU_KERNELS=0 is set")
+    if platform.machine().lower() not in ("x86_64", "amd64") or platform.system() not in ("Linux", "Darwin"):
+        raise RuntimeError(f"the kernels are written for x86-64 Linux or macOS, not {platform.system()} "
+                           f"{platform.machine()}")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        raise RuntimeError(f"this CPU lacks AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    library = cache_folder() / f"cpu_kernels-{digest}.so"
+    if not library.exists():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # build beside it, then rename: two
+            built = Path(scratch) / library.name                         # processes never see half a file
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[:500]}")
+            os.replace(built, library)
+    loaded = ctypes.CDLL(str(library))  # after `import torch`: its libgomp is the one this library links to
+    pointer, size, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    loaded.pg_gemv_f32.argtypes = [pointer, pointer, pointer, size, size, threads]
+    loaded.pg_gemv_bf16.argtypes = [pointer, pointer, pointer, size, size, threads]
+    loaded.pg_gemv_int8.argtypes = [pointer, pointer, pointer, pointer, size, size, threads]
+    loaded.pg_quantize_blocks.argtypes = [pointer, pointer, pointer, size]
+    loaded.pg_gemv_w8a8.argtypes = [pointer, pointer, pointer, pointer, size, size, threads]
+    loaded.pg_gemv_w4a8.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, threads]
+    return loaded
+
+
+def _library() -> ctypes.CDLL | None:
+    with _LOCK:
+        if not _STATE:
+            try:
+                _STATE["library"] = _build()
+            except (RuntimeError, OSError) as err:
+                _STATE["reason"] = str(err)
+        return _STATE.get("library")
+
+
+def available() -> bool:
+    """True when the kernels are built and loaded (building them on the first call)."""
+    return _library() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels are not in use, or None when they are."""
+    _library()
+    return _STATE.get("reason")
+
+
+def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether one decode row x (1, k) times a stored weight (n rows, however packed) can run through a kernel here."""
+    if not (x.device.type == "cpu" and weight.device.type == "cpu" and x.dim() == 2 and x.shape[0] == 1
+            and x.shape[1] % BLOCK == 0 and weight.is_contiguous()):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the kernels have no backward: training takes torch's differentiable product
+    if torch.compiler.is_compiling():  # no building while tracing: an eager call (the prefill) built it before
+        return _STATE.get("library") is not None
+    return available()
+
+
+# ---- the kernels as torch operators: (1, k) float32 in, (1, n) float32 out ----
+
+def _run(kernel, x: torch.Tensor, rows: int, *weights: torch.Tensor) -> torch.Tensor:
+    """Call a C kernel: (x, the weights' tensors, y, rows, k, threads), x as float32 (1, k); y (1, rows) float32."""
+    x = x.float().contiguous()
+    out = x.new_empty(1, rows)
+    kernel(x.data_ptr(), *(t.data_ptr() for t in weights), out.data_ptr(), rows, x.shape[1], torch.get_num_threads())
+    return out
+
+
+def _gemv_float(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    kernel = _library().pg_gemv_bf16 if weight.dtype == torch.bfloat16 else _library().pg_gemv_f32
+    return _run(kernel, x, weight.shape[0], weight)
+
+
+def _gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return _run(_library().pg_gemv_int8, x, qweight.shape[0], qweight, scales)
+
+
+def _gemv_w8a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return _run(_library().pg_gemv_w8a8, x, qweight.shape[0], qweight, scales)
+
+
+def _gemv_w4a8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    return _run(_library().pg_gemv_w4a8, x, packed.shape[0], packed, scales, mins)
+
+
+# `Library.impl` rather than `torch.library.custom_op`: the latter's Python wrapper costs about as much per call as
+# a small layer's product. The fake versions tell torch.compile the output's shape without running anything.
+_OPS = torch.library.Library("paligemma_cpu", "DEF")
+_OPS.define("gemv(Tensor x, Tensor weight) -> Tensor")
+_OPS.define("gemv_int8(Tensor x, Tensor qweight, Tensor scales) -> Tensor")
+_OPS.define("gemv_w8a8(Tensor x, Tensor qweight, Tensor scales) -> Tensor")
+_OPS.define("gemv_w4a8(Tensor x, Tensor packed, Tensor scales, Tensor mins) -> Tensor")
+for _name, _kernel in [("gemv", _gemv_float), ("gemv_int8", _gemv_int8), ("gemv_w8a8", _gemv_w8a8),
+                       ("gemv_w4a8", _gemv_w4a8)]:
+    _OPS.impl(_name, _kernel, "CPU")
+
+    @torch.library.register_fake(f"paligemma_cpu::{_name}")
+    def _(x: torch.Tensor, weight: torch.Tensor, *scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(1, weight.shape[0], dtype=torch.float32)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(1, k) @ (n, k)ᵀ -> (1, n) float32, weight float32 or bfloat16."""
+    return torch.ops.paligemma_cpu.gemv(x, weight)
+
+
+def gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(1, k) float times int8 rows (n, k) with float32 row scales (n,): (x qᵀ) · s, float32 (1, n)."""
+    return torch.ops.paligemma_cpu.gemv_int8(x, qweight, scales)
+
+
+def gemv_w8a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """As gemv_int8, with x first rounded to int8 per block of 32 values (`quantize_blocks`), products in integers."""
+    return torch.ops.paligemma_cpu.gemv_w8a8(x, qweight, scales)
+
+
+def gemv_w4a8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """(1, k) float times int4 rows packed as `quantization.Int4Linear` packs them (n, k / 2), float16 scales and
+    minimums (n, k / 32); x rounded like gemv_w8a8. Float32 (1, n)."""
+    return torch.ops.paligemma_cpu.gemv_w4a8(x, packed, scales, mins)
+
+
+def quantize_blocks(x: torch.Tensor) -> torch.Tensor:
+    """x (..., k) rounded as gemv_w8a8 rounds it: blocks of 32 values share a scale max|x| / 127. Float32 back.
+
+    The reference the kernel is tested against, and what callers use where the kernel is not available.
+    """
+    blocks = x.float().reshape(*x.shape[:-1], -1, BLOCK)  # (..., k / 32, 32)
+    largest = blocks.abs().amax(-1, keepdim=True)
+    inverse = torch.where(largest > 0, 127 / largest, 0.0)  # as the C code computes it, for the same roundings
+    return (torch.round(blocks * inverse) * (largest / 127)).reshape(x.shape)
+
+
+class KernelLinear(nn.Module):
+    """A bias-free float32 / bfloat16 linear layer whose one-row inputs (decode steps) run through `gemv`.
+
+    It keeps the nn.Linear's weight (the same tensor: a tied output projection stays tied); longer inputs (a
+    prompt) and other devices use F.linear.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("KernelLinear: Gemma's linear layers have no bias; this one does")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # (B*T, in)
+        if serves(flat, self.weight):
+            out = gemv(flat, self.weight).to(x.dtype)
+        else:
+            out = nn.functional.linear(flat, self.weight)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, one row through gemv"
+
+
+def use_cpu_kernels(model):
+    """Swap the decoder's linear layers and its output projection for KernelLinear, in place; returns the model.
+
+    For float32 and bfloat16 models (`quantize` gives int8 models their own kernels). Raises ValueError, with the
+    reason, when the kernels cannot be built here, rather than silently running torch's.
+    """
+    if not available():
+        raise ValueError(f"the CPU kernels are not available: {unavailable_reason()}")
+    language_model = getattr(model, "language_model", model)
+    if getattr(language_model, "quantized", None):
+        raise ValueError(f"this model is quantized ({language_model.quantized}): it has its own kernels")
+    for layer in language_model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, KernelLinear(child))
+    if isinstance(language_model.lm_head, nn.Linear):
+        language_model.lm_head = KernelLinear(language_model.lm_head)
+    return model
