@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cpu, cuda or cuda:N (default: %(default)s)")
     gen.add_argument("--quantize", choices=QUANTIZE_MODES,
-                     help="decode with quantized weights on the CPU: int8 (weight-only), int8-dynamic (activations rounded to "
-                          "int8 too), int4 (4-bit weights, int8 activations: the fastest, at some quality cost)")
+                     help="decode with quantized weights on the CPU: int8 (weight-only), int8-dynamic (activations "
+                          "rounded to int8 too), int4 (4-bit weights, int8 activations: the fastest, at some quality "
+                          "cost)")
     gen.add_argument("--dtype", choices=sorted(DTYPES),
                      help="weights' dtype (default: float32 for the shipped nano model; for --model, "
                           "bfloat16 on cuda and float32 on cpu)")

@@ -2,8 +2,8 @@
 
 A decode step multiplies one token's activations by every weight matrix once. torch's kernels for that shape
 are built for matrices, not vectors: on an AVX2 CPU they read bfloat16 and int8 weights at about half of memory
-speed (notebook 14). The C file holds four short loops (float32, bfloat16, int8 weights; int8 weights with int8
-activations) that stream the rows at close to memory speed.
+speed (notebook 14). The C file holds five short loops (float32, bfloat16, int8 weights; int8 and int4 weights
+with int8 activations) that stream the rows at close to memory speed.
 
 The library is built once into a cache folder (`PALIGEMMA_CACHE`, else `~/.cache/paligemma`) and called through
 `ctypes`, wrapped as torch operators so `torch.compile` can keep them in its graph. Where it cannot be built (no C
@@ -100,9 +100,9 @@ def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the kernels have no backward: training takes torch's differentiable product
-    if torch.compiler.is_compiling():  # no building while tracing: an eager call (the prefill) built it before
-        return _STATE.get("library") is not None
-    return available()
+    if _STATE:  # tried already: no lock on the decode path
+        return "library" in _STATE
+    return not torch.compiler.is_compiling() and available()  # (no building while tracing; the prefill built it)
 
 
 # ---- the kernels as torch operators: (1, k) float32 in, (1, n) float32 out ----
@@ -217,11 +217,16 @@ def use_cpu_kernels(model):
     language_model = getattr(model, "language_model", model)
     if getattr(language_model, "quantized", None):
         raise ValueError(f"this model is quantized ({language_model.quantized}): it has its own kernels")
+    replace_linear_layers(language_model, KernelLinear)
+    if isinstance(language_model.lm_head, nn.Linear):
+        language_model.lm_head = KernelLinear(language_model.lm_head)
+    return model
+
+
+def replace_linear_layers(language_model, make) -> None:
+    """Every nn.Linear of the decoder's attention and MLP blocks becomes make(linear), in place."""
     for layer in language_model.model.layers:
         for parent in (layer.self_attn, layer.mlp):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, KernelLinear(child))
-    if isinstance(language_model.lm_head, nn.Linear):
-        language_model.lm_head = KernelLinear(language_model.lm_head)
-    return model
+                    setattr(parent, name, make(child))

@@ -59,17 +59,36 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.
     return q.view(out_features, in_features), scale, low
 
 
-def dequantized_matmul(flat: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """(M, in) @ (q · s)ᵀ in float32, dequantizing DEQUANTIZED_ROWS rows of q at a time (no full float copy)."""
-    x = flat.float()
-    out = x.new_empty(x.shape[0], qweight.shape[0])  # (M, out)
-    for start in range(0, qweight.shape[0], DEQUANTIZED_ROWS):
-        rows = slice(start, start + DEQUANTIZED_ROWS)
-        out[:, rows] = F.linear(x, qweight[rows].float()) * scales[rows]
-    return out
+class QuantizedLinear(nn.Module):
+    """What the quantized layers share: a decode step's row through the layer's kernel, a few rows through it one
+    by one, longer inputs (a prompt) times float32 weights dequantized DEQUANTIZED_ROWS rows at a time.
+
+    A subclass stores its weights and says how to use them: `stored` (the tensor the kernel reads), `one_row`,
+    `dequantized(rows)`, and `rounded` (what it does to the activations first).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # (B*T, in)
+        if cpu_kernels.serves(flat, self.stored):  # a decode step
+            out = self.one_row(flat)
+        elif flat.shape[0] <= ROWS_ONE_BY_ONE and cpu_kernels.serves(flat[:1], self.stored):
+            out = torch.cat([self.one_row(row[None]) for row in flat])  # a few rows: the kernel once per row
+        else:  # a long input, or no kernel here: the same rounding, then torch's product
+            rounded = self.rounded(flat)
+            out = rounded.new_empty(rounded.shape[0], self.out_features)  # (B*T, out)
+            for start in range(0, self.out_features, DEQUANTIZED_ROWS):
+                rows = slice(start, start + DEQUANTIZED_ROWS)
+                out[:, rows] = F.linear(rounded, self.dequantized(rows))
+        out = out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    @staticmethod
+    def rounded(flat: torch.Tensor) -> torch.Tensor:
+        """The activations as the product sees them, float32: unchanged unless the layer rounds them."""
+        return flat.float()
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(QuantizedLinear):
     """y = x Wᵀ (+ b) with W stored as int8 rows and their scales; `dequantized()` gives W back."""
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
@@ -80,45 +99,32 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype = torch.float32) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         q, scale = quantize_int8(linear.weight)
-        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        bias = None if linear.bias is None else linear.bias.detach().float()
         return cls(q, scale, bias)
 
-    def dequantized(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales[:, None]
+    @property
+    def stored(self) -> torch.Tensor:
+        return self.qweight
+
+    def dequantized(self, rows: slice = slice(None)) -> torch.Tensor:
+        return self.qweight[rows].float() * self.scales[rows, None]
 
     def weight_bytes(self) -> int:
         """Bytes read per call: one per weight, plus the row scales (and the bias)."""
         bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
         return self.out_features * self.in_features + self.scales.numel() * self.scales.element_size() + bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)  # (B*T, in)
-        out = self.one_row(flat) if cpu_kernels.serves(flat, self.qweight) else self.rows(flat)
-        out = out.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
-
     def one_row(self, row: torch.Tensor) -> torch.Tensor:
         """A decode step (1, in): our kernel, reading the int8 rows at close to memory speed."""
         return cpu_kernels.gemv_int8(row, self.qweight, self.scales)
-
-    def rows(self, flat: torch.Tensor) -> torch.Tensor:
-        """Any number of rows (a batch of decode steps, a prompt), or one where the kernel cannot run."""
-        if flat.shape[0] <= ROWS_ONE_BY_ONE and cpu_kernels.serves(flat[:1], self.qweight):
-            return torch.cat([self.one_row(row[None]) for row in flat])  # the kernel once per row
-        return dequantized_matmul(self.rounded(flat), self.qweight, self.scales)
-
-    @staticmethod
-    def rounded(flat: torch.Tensor) -> torch.Tensor:
-        """The activations as the product sees them: unchanged here (Int8DynamicLinear rounds them)."""
-        return flat
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per output channel"
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(QuantizedLinear):
     """y = x Wᵀ with W in groups of 32 four-bit values, a float16 scale and minimum per group (W4A8).
 
     Like Int8DynamicLinear, the activations are rounded to int8 per block of 32 (`cpu_kernels.quantize_blocks`),
@@ -126,7 +132,7 @@ class Int4Linear(nn.Module):
     weight j (< 16) is the low nibble of byte j, weight 16 + j the high one, the layout the kernel unpacks.
     """
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32, group: int = INT4_GROUP):
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP):
         super().__init__()
         if linear.bias is not None:
             raise ValueError("Int4Linear: Gemma's linear layers have no bias; this one does")
@@ -138,6 +144,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(self.out_features, -1))
         self.register_buffer("scales", scale)  # (out, groups) float16
         self.register_buffer("mins", low)  # (out, groups) float16
+        self.bias = None
+
+    @property
+    def stored(self) -> torch.Tensor:
+        return self.packed
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.packed, self.scales, self.mins))
@@ -152,22 +163,10 @@ class Int4Linear(nn.Module):
         weights = grouped * self.scales[rows].float()[..., None] + self.mins[rows].float()[..., None]
         return weights.view(-1, self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)  # (B*T, in)
-        if cpu_kernels.serves(flat, self.packed):  # a decode step
-            out = self.one_row(flat)
-        elif flat.shape[0] <= ROWS_ONE_BY_ONE and cpu_kernels.serves(flat[:1], self.packed):
-            out = torch.cat([self.one_row(row[None]) for row in flat])  # a few rows: the kernel once per row
-        else:  # a long prompt, or no kernel: float32 weights a chunk at a time, activations rounded the same way
-            rounded = cpu_kernels.quantize_blocks(flat)
-            out = rounded.new_empty(rounded.shape[0], self.out_features)
-            for start in range(0, self.out_features, DEQUANTIZED_ROWS):
-                rows = slice(start, start + DEQUANTIZED_ROWS)
-                out[:, rows] = F.linear(rounded, self.dequantized(rows))
-        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
-
     def one_row(self, row: torch.Tensor) -> torch.Tensor:
-        return cpu_kernels.gemv_w4a8(row, self.packed, self.scales, self.mins)
+        return cpu_kernels.gemv_w4a8(row, self.packed, self.scales, self.mins)  # rounds the row itself
+
+    rounded = staticmethod(cpu_kernels.quantize_blocks)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {self.group}, "
@@ -184,9 +183,7 @@ class Int8DynamicLinear(Int8Linear):
     def one_row(self, row: torch.Tensor) -> torch.Tensor:
         return cpu_kernels.gemv_w8a8(row, self.qweight, self.scales)  # rounds the row itself
 
-    @staticmethod
-    def rounded(flat: torch.Tensor) -> torch.Tensor:
-        return cpu_kernels.quantize_blocks(flat)
+    rounded = staticmethod(cpu_kernels.quantize_blocks)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", activations int8 per block of 32"
@@ -199,13 +196,12 @@ class QuantizedEmbedding(nn.Module):
     table is this module's own (int4 mode: its output projection is int4, too coarse for input embeddings).
     """
 
-    def __init__(self, table: Int8Linear, dtype: torch.dtype, shared: bool):
+    def __init__(self, table: Int8Linear, shared: bool):
         super().__init__()
         if shared:
             self._shared = [table]  # a list, so the buffers are not registered twice
         else:
             self.table = table
-        self.dtype = dtype  # the activations'
 
     def rows_of(self) -> Int8Linear:
         return self._shared[0] if hasattr(self, "_shared") else self.table
@@ -213,10 +209,11 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         table = self.rows_of()
         rows = table.qweight[input_ids]  # (B, T, D) int8
-        return (rows.float() * table.scales[input_ids][..., None]).to(self.dtype)
+        return rows.float() * table.scales[input_ids][..., None]  # (B, T, D) float32
 
 
 LAYER_KINDS = {"int8": Int8Linear.from_linear, "int8-dynamic": Int8DynamicLinear.from_linear, "int4": Int4Linear}
+# (weights only: the model itself runs in float32, which the kernels take)
 
 
 def quantize(model, mode: str = "int8"):
@@ -228,25 +225,20 @@ def quantize(model, mode: str = "int8"):
     """
     if mode not in MODES:
         raise ValueError(f"quantize mode must be one of {MODES}, got {mode!r}")
-    dtype = torch.float32
     language_model = getattr(model, "language_model", model)
     if getattr(language_model, "quantized", None):
         raise ValueError(f"this model is already quantized ({language_model.quantized})")
     if next(language_model.parameters()).device.type != "cpu":
         raise ValueError("quantize() targets CPU decoding; the model is on "
                          f"{next(language_model.parameters()).device}")
-    model.to(dtype)
-    for layer in language_model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, LAYER_KINDS[mode](child, dtype))
+    model.to(torch.float32)
+    cpu_kernels.replace_linear_layers(language_model, LAYER_KINDS[mode])
     # the output projection: 262,144 x 640 in Gemma 3 270M, 63 % of its weights, read for every token
     embedding = language_model.model.embed_tokens.weight
-    head = LAYER_KINDS[mode](language_model.lm_head, dtype)
+    head = LAYER_KINDS[mode](language_model.lm_head)
     shared = isinstance(head, Int8Linear) and language_model.lm_head.weight is embedding
     table = head if shared else Int8Linear(*quantize_int8(embedding))
     language_model.lm_head = head
-    language_model.model.embed_tokens = QuantizedEmbedding(table, dtype, shared)
+    language_model.model.embed_tokens = QuantizedEmbedding(table, shared)
     language_model.quantized = mode
     return model.eval()

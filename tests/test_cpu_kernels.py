@@ -35,8 +35,8 @@ def blocks_rounded_by_hand(x: torch.Tensor) -> torch.Tensor:
         block = x[..., start:start + 32].double()
         largest = block.abs().amax(-1, keepdim=True)
         step = largest / 127
-        out[..., start:start + 32] = torch.where(largest > 0, torch.round(block / torch.where(step > 0, step, 1)) * step,
-                                                 0.0)
+        levels = torch.round(block / torch.where(step > 0, step, 1))  # an all-zero block stays zero
+        out[..., start:start + 32] = torch.where(largest > 0, levels * step, 0.0)
     return out
 
 
@@ -155,7 +155,7 @@ except ValueError as err:
 linear = torch.nn.Linear(64, 32, bias=False)
 x = torch.randn(1, 64)
 for kind in (Int8Linear, Int8DynamicLinear):
-    layer = kind.from_linear(linear, torch.float32)
+    layer = kind.from_linear(linear)
     rounded = cpu_kernels.quantize_blocks(x) if kind is Int8DynamicLinear else x
     torch.testing.assert_close(layer(x), rounded @ layer.dequantized().T, atol=1e-5, rtol=1e-5)
 print("ok")

@@ -48,7 +48,7 @@ def blocks_rounded(x: torch.Tensor) -> torch.Tensor:
 
 def test_weight_only_int8_layer_equals_dequantize_then_matmul():
     layer = random_linear(seed=1)
-    quantized = Int8Linear.from_linear(layer, torch.float32)
+    quantized = Int8Linear.from_linear(layer)
     w = quantized.dequantized().double()  # (out, in): the weights the kernel really uses
     torch.manual_seed(1)
     for shape in [(1, 1, 64), (3, 1, 64), (3, 7, 64)]:  # the kernel, the kernel row by row, torch's product

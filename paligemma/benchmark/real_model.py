@@ -80,27 +80,26 @@ def bytes_per_token(model) -> int:
     """Bytes of weights a decode step reads: every weight once, the output projection whole, the embedding table
     not at all beyond it (a lookup reads one row: tied, the table is the output projection's; int4 keeps its own
     int8 copy for the lookups). Quantized layers say their own size (`weight_bytes`)."""
-    def tensors(module):
-        return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    seen, total = set(), 0
+
+    def count(module) -> None:
+        nonlocal total
+        tensors = [(name, t) for name, t in [*module.named_parameters(recurse=False),
+                                             *module.named_buffers(recurse=False)] if t.data_ptr() not in seen]
+        if hasattr(module, "weight_bytes"):
+            total += module.weight_bytes() if tensors else 0
+        else:  # not RoPE's frequencies, not scalars
+            total += sum(t.numel() * t.element_size() for name, t in tensors
+                         if "inv_freq" not in name and t.numel() > 1)
+        seen.update(t.data_ptr() for _, t in tensors)
 
     modules = dict(model.named_modules())
-    heads = [module for name, module in modules.items() if name.split(".")[-1] == "lm_head"]
-    seen, total = set(), 0
-    for name, module in [*[(None, head) for head in heads], *modules.items()]:  # the heads first
-        if hasattr(module, "weight_bytes") and not any(t.data_ptr() in seen for t in tensors(module)) and \
-                (name is None or "embed_tokens" not in name):
-            total += module.weight_bytes()
-            seen.update(t.data_ptr() for t in tensors(module))
-    for head in heads:
-        for tensor in tensors(head):
-            if tensor.data_ptr() not in seen:
-                seen.add(tensor.data_ptr())
-                total += tensor.numel() * tensor.element_size()
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        lookup = "embed_tokens" in name
-        if tensor.data_ptr() not in seen and not lookup and "inv_freq" not in name and tensor.numel() > 1:
-            seen.add(tensor.data_ptr())  # (not RoPE's frequencies, not scalars)
-            total += tensor.numel() * tensor.element_size()
+    for name, module in modules.items():  # the output projection first: a tied table counts as it
+        if name.split(".")[-1] == "lm_head":
+            count(module)
+    for name, module in modules.items():
+        if "embed_tokens" not in name:
+            count(module)
     return total
 
 
