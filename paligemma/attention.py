@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .rope import apply_rotary_pos_emb
+from .stacked_linear import apply_each
 
 # SDPA learned to share K/V heads itself (`enable_gqa`) in torch 2.5; before that we repeat them.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -78,8 +79,9 @@ class GemmaAttention(nn.Module):
         def heads(x, n):  # (B, T, n*d) -> (B, T, n, d) -> (B, n, T, d)
             return x.view(batch, length, n, self.head_dim).transpose(1, 2)
 
-        return (heads(self.q_proj(hidden_states), self.num_heads), heads(self.k_proj(hidden_states), self.num_kv_heads),
-                heads(self.v_proj(hidden_states), self.num_kv_heads))
+        # q_proj(x), k_proj(x), v_proj(x): one product where quantize stacked them (stacked_linear.py)
+        query, key, value = apply_each((self.q_proj, self.k_proj, self.v_proj), hidden_states)
+        return heads(query, self.num_heads), heads(key, self.num_kv_heads), heads(value, self.num_kv_heads)
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: torch.Tensor | None) -> torch.Tensor:

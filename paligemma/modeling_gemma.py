@@ -16,6 +16,7 @@ from .loss import IGNORE_INDEX, causal_lm_loss, check_logits_to_keep
 from .masks import additive_mask, allowed_positions
 from .rmsnorm import GemmaRMSNorm
 from .rope import GemmaRotaryEmbedding
+from .stacked_linear import apply_each
 from .weights import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["GemmaConfig", "KVCache", "GemmaMLP", "GemmaDecoderLayer", "GemmaModel", "GemmaForCausalLM",
@@ -31,7 +32,8 @@ class GemmaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate, up = apply_each((self.gate_proj, self.up_proj), x)  # one product where quantize stacked them
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class GemmaDecoderLayer(nn.Module):

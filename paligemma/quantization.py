@@ -19,7 +19,8 @@ token over memory bandwidth: halving the bytes can double the tokens per second.
   embedding lookups keep their own int8 copy of the table (4 bits would blur every input token).
 
 `quantize(model, mode)` swaps every linear layer of the decoder, and the tied output projection, for a
-quantized one; the tied embedding table keeps one int8 copy for its lookups.
+quantized one; the tied embedding table keeps one int8 copy for its lookups. Layers that read the same input
+(q, k, v; gate, up) are quantized as one stacked matrix, one product per block (`stacked_linear.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
+from .stacked_linear import stack_projections
 
 MODES = ("int8", "int8-dynamic", "int4")
 INT4_GROUP = 32
@@ -232,7 +234,8 @@ def quantize(model, mode: str = "int8"):
         raise ValueError("quantize() targets CPU decoding; the model is on "
                          f"{next(language_model.parameters()).device}")
     model.to(torch.float32)
-    cpu_kernels.replace_linear_layers(language_model, LAYER_KINDS[mode])
+    stack_projections(language_model, LAYER_KINDS[mode])  # q/k/v and gate/up: one product each
+    cpu_kernels.replace_linear_layers(language_model, LAYER_KINDS[mode])  # the others (o, down)
     # the output projection: 262,144 x 640 in Gemma 3 270M, 63 % of its weights, read for every token
     embedding = language_model.model.embed_tokens.weight
     head = LAYER_KINDS[mode](language_model.lm_head)
