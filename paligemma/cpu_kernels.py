@@ -107,29 +107,32 @@ def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 # ---- the kernels as torch operators: (1, k) float32 in, (1, n) float32 out ----
 
-def _run(kernel, x: torch.Tensor, rows: int, *weights: torch.Tensor) -> torch.Tensor:
-    """Call a C kernel: (x, the weights' tensors, y, rows, k, threads), x as float32 (1, k); y (1, rows) float32."""
+def _run(name: str, x: torch.Tensor, rows: int, *weights: torch.Tensor) -> torch.Tensor:
+    """Call the C kernel `name`: (x, the weights' tensors, y, rows, k, threads), x as float32 (1, k); y (1, rows).
+
+    Reached only where `serves` said yes, so the library is loaded: no lock here (this runs ~130 times a token).
+    """
+    kernel = getattr(_STATE.get("library") or _library(), name)
     x = x.float().contiguous()
-    out = x.new_empty(1, rows)
+    out = torch.empty(1, rows, dtype=torch.float32)
     kernel(x.data_ptr(), *(t.data_ptr() for t in weights), out.data_ptr(), rows, x.shape[1], torch.get_num_threads())
     return out
 
 
 def _gemv_float(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    kernel = _library().pg_gemv_bf16 if weight.dtype == torch.bfloat16 else _library().pg_gemv_f32
-    return _run(kernel, x, weight.shape[0], weight)
+    return _run("pg_gemv_bf16" if weight.dtype == torch.bfloat16 else "pg_gemv_f32", x, weight.shape[0], weight)
 
 
 def _gemv_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return _run(_library().pg_gemv_int8, x, qweight.shape[0], qweight, scales)
+    return _run("pg_gemv_int8", x, qweight.shape[0], qweight, scales)
 
 
 def _gemv_w8a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return _run(_library().pg_gemv_w8a8, x, qweight.shape[0], qweight, scales)
+    return _run("pg_gemv_w8a8", x, qweight.shape[0], qweight, scales)
 
 
 def _gemv_w4a8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    return _run(_library().pg_gemv_w4a8, x, packed.shape[0], packed, scales, mins)
+    return _run("pg_gemv_w4a8", x, packed.shape[0], packed, scales, mins)
 
 
 # `Library.impl` rather than `torch.library.custom_op`: the latter's Python wrapper costs about as much per call as

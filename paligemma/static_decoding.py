@@ -13,6 +13,7 @@ caches, and a lock makes concurrent compiled calls on one model take turns on th
 from __future__ import annotations
 
 import threading
+import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,8 +53,17 @@ def compiled_decode_step(model, options: dict) -> Callable:
     compiled = model.__dict__.setdefault("_compiled_decode_steps", {})
     key = tuple(sorted(options.items()))
     if key not in compiled:
-        compiled[key] = torch.compile(decode_step, **options)
+        compiled[key] = torch.compile(_own_copy(decode_step), **options)
     return compiled[key]
+
+
+def _own_copy(function: Callable) -> Callable:
+    """The same function on a code object of its own. torch.compile files its compiled versions under the code
+    object, and each call checks the guards of every version filed there: one copy per model keeps another
+    model's versions out of this model's way (measured on Gemma 3 270M: with four quantized and bfloat16 models
+    compiled, the fourth one's guard checks took 2.0 ms a token on the shared code object, 1.6 ms on its own)."""
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
 
 
 def model_lock(language_model) -> threading.Lock:

@@ -97,6 +97,23 @@ def test_many_prompt_lengths_and_batch_sizes_reuse_a_few_compilations():
     assert len(model._static_caches) <= KEPT_CACHES
 
 
+def test_each_model_compiles_its_own_copy_of_the_decode_step():
+    """torch.compile files compiled versions per code object: two models must not check each other's guards."""
+    from paligemma.static_decoding import compiled_decode_step, decode_step
+
+    first, second = make_causal_lm("gemma", seed=1), make_causal_lm("gemma3", seed=2)
+    options = {"backend": CountingBackend(), "fullgraph": True}
+    steps = [compiled_decode_step(model, options) for model in (first, second)]
+    assert compiled_decode_step(first, options) is steps[0]  # kept on the model
+    codes = [step._torchdynamo_orig_callable.__code__ for step in steps]
+    assert codes[0] is not codes[1] and all(code is not decode_step.__code__ for code in codes)
+    assert all(code.co_code == decode_step.__code__.co_code for code in codes)  # the same function
+    ids = torch.randint(3, 97, (1, 6), generator=torch.Generator().manual_seed(0))
+    for model in (first, second):
+        assert torch.equal(model.generate(ids, max_new_tokens=4, eos_token_id=None, compile=options),
+                           model.generate(ids, max_new_tokens=4, eos_token_id=None))
+
+
 def test_cache_lengths_are_rounded_up_to_powers_of_two():
     from paligemma.static_decoding import cache_bucket
 
