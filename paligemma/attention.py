@@ -79,7 +79,8 @@ class GemmaAttention(nn.Module):
         def heads(x, n):  # (B, T, n*d) -> (B, T, n, d) -> (B, n, T, d)
             return x.view(batch, length, n, self.head_dim).transpose(1, 2)
 
-        # q_proj(x), k_proj(x), v_proj(x): one product where quantize stacked them (stacked_linear.py)
+        # q_proj(x), k_proj(x), v_proj(x): (B, T, heads*d), (B, T, kv_heads*d) x 2; one product where quantize
+        # stacked them (stacked_linear.py)
         query, key, value = apply_each((self.q_proj, self.k_proj, self.v_proj), hidden_states)
         return heads(query, self.num_heads), heads(key, self.num_kv_heads), heads(value, self.num_kv_heads)
 

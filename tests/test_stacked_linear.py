@@ -11,9 +11,9 @@ from paligemma.quantization import LAYER_KINDS, quantize
 from paligemma.stacked_linear import StackedLinear, StackedPart, apply_each, stack_projections, stacked
 
 
-def linears(sizes, in_features=64, bias=False, seed=0):
+def linears(sizes, in_features=64, seed=0):
     torch.manual_seed(seed)
-    return [nn.Linear(in_features, size, bias=bias) for size in sizes]
+    return [nn.Linear(in_features, size, bias=False) for size in sizes]
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8-dynamic", "int4"])
