@@ -28,6 +28,7 @@ from torch import nn
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
+VNNI_FLAGS = ["-mavx512vnni", "-mavx512vl"]  # added where the CPU has them: byte products in one instruction
 BLOCK = 32  # every kernel takes rows whose length is a multiple of this (and int8 activations use blocks of it)
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}  # "library" (a ctypes.CDLL) or "reason" (why there is none), once tried
@@ -37,8 +38,23 @@ def cache_folder() -> Path:
     return Path(os.environ.get("PALIGEMMA_CACHE") or Path.home() / ".cache" / "paligemma")
 
 
-def _build() -> ctypes.CDLL:
-    """Compile cpu_kernels.c (unless this very source was compiled before) and load it."""
+def has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI (with 256-bit forms, AVX512VL), read from /proc/cpuinfo (Linux only)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags and "avx512vl" in flags
+
+
+def build_flags(vnni: bool | None = None) -> list[str]:
+    """The compiler flags: FLAGS, plus VNNI_FLAGS where the CPU has them (vnni=None) or when asked (True)."""
+    return FLAGS + VNNI_FLAGS if (has_vnni() if vnni is None else vnni) else list(FLAGS)
+
+
+def _build(flags: list[str]) -> ctypes.CDLL:
+    """Compile cpu_kernels.c with `flags` (unless this very source was compiled so before) and load it."""
     if os.environ.get("PALIGEMMA_CPU_KERNELS", "1") == "0":
         raise RuntimeError("PALIGEMMA_CPU_KERNELS=0 is set")
     if platform.machine().lower() not in ("x86_64", "amd64") or platform.system() not in ("Linux", "Darwin"):
@@ -50,13 +66,13 @@ def _build() -> ctypes.CDLL:
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     library = cache_folder() / f"cpu_kernels-{digest}.so"
     if not library.exists():
         library.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # build beside it, then rename: two
             built = Path(scratch) / library.name                         # processes never see half a file
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True,
+            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True,
                                     text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[:500]}")
@@ -68,15 +84,27 @@ def _build() -> ctypes.CDLL:
     loaded.pg_gemv_int8.argtypes = [pointer, pointer, pointer, pointer, size, size, threads]
     loaded.pg_quantize_blocks.argtypes = [pointer, pointer, pointer, size]
     loaded.pg_gemv_w8a8.argtypes = [pointer, pointer, pointer, pointer, size, size, threads]
-    loaded.pg_gemv_w4a8.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, threads]
+    loaded.pg_gemv_w4a8.argtypes = [pointer, pointer, pointer, size, size, threads]
     return loaded
+
+
+def _build_for_this_cpu() -> ctypes.CDLL:
+    """_build() with the VNNI flags where the CPU has them, without where the compiler refuses them (an old gcc)."""
+    if build_flags() == FLAGS:
+        return _build(FLAGS)
+    try:
+        return _build(build_flags())
+    except RuntimeError as err:
+        if "could not build" not in str(err):
+            raise
+        return _build(FLAGS)
 
 
 def _library() -> ctypes.CDLL | None:
     with _LOCK:
         if not _STATE:
             try:
-                _STATE["library"] = _build()
+                _STATE["library"] = _build_for_this_cpu()
             except (RuntimeError, OSError) as err:
                 _STATE["reason"] = str(err)
         return _STATE.get("library")
@@ -131,8 +159,8 @@ def _gemv_w8a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> 
     return _run("pg_gemv_w8a8", x, qweight.shape[0], qweight, scales)
 
 
-def _gemv_w4a8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    return _run("pg_gemv_w4a8", x, packed.shape[0], packed, scales, mins)
+def _gemv_w4a8(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return _run("pg_gemv_w4a8", x, rows.shape[0], rows)
 
 
 # `Library.impl` rather than `torch.library.custom_op`: the latter's Python wrapper costs about as much per call as
@@ -141,7 +169,7 @@ _OPS = torch.library.Library("paligemma_cpu", "DEF")
 _OPS.define("gemv(Tensor x, Tensor weight) -> Tensor")
 _OPS.define("gemv_int8(Tensor x, Tensor qweight, Tensor scales) -> Tensor")
 _OPS.define("gemv_w8a8(Tensor x, Tensor qweight, Tensor scales) -> Tensor")
-_OPS.define("gemv_w4a8(Tensor x, Tensor packed, Tensor scales, Tensor mins) -> Tensor")
+_OPS.define("gemv_w4a8(Tensor x, Tensor rows) -> Tensor")
 for _name, _kernel in [("gemv", _gemv_float), ("gemv_int8", _gemv_int8), ("gemv_w8a8", _gemv_w8a8),
                        ("gemv_w4a8", _gemv_w4a8)]:
     _OPS.impl(_name, _kernel, "CPU")
@@ -166,10 +194,11 @@ def gemv_w8a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     return torch.ops.paligemma_cpu.gemv_w8a8(x, qweight, scales)
 
 
-def gemv_w4a8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    """(1, k) float times int4 rows packed as `quantization.Int4Linear` packs them (n, k / 2), float16 scales and
-    minimums (n, k / 32); x rounded like gemv_w8a8. Float32 (1, n)."""
-    return torch.ops.paligemma_cpu.gemv_w4a8(x, packed, scales, mins)
+def gemv_w4a8(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(1, k) float times int4 rows stored as `quantization.Int4Linear` stores them: (n, k / 8 + k / 2) bytes, each
+    row its k / 32 float16 scales, its k / 32 float16 minimums, then its nibbles; x rounded like gemv_w8a8.
+    Float32 (1, n)."""
+    return torch.ops.paligemma_cpu.gemv_w4a8(x, rows)
 
 
 def quantize_blocks(x: torch.Tensor) -> torch.Tensor:

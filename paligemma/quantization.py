@@ -132,6 +132,8 @@ class Int4Linear(QuantizedLinear):
     Like Int8DynamicLinear, the activations are rounded to int8 per block of 32 (`cpu_kernels.quantize_blocks`),
     so a decode step runs in integers (`cpu_kernels.gemv_w4a8`). Two weights share a byte: in each group of 32,
     weight j (< 16) is the low nibble of byte j, weight 16 + j the high one, the layout the kernel unpacks.
+    Everything is stored in one tensor, `rows`, one row per output: its scales, its minimums, then its nibbles, so
+    the kernel reads one stream and a compiled decode step takes one tensor per layer.
     """
 
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP):
@@ -143,21 +145,40 @@ class Int4Linear(QuantizedLinear):
         self.in_features, self.out_features, self.group = linear.in_features, linear.out_features, group
         q, scale, low = quantize_int4(linear.weight, group)
         pairs = q.view(self.out_features, -1, 2, group // 2)  # (out, groups, low/high half, 16)
-        self.register_buffer("packed", (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(self.out_features, -1))
-        self.register_buffer("scales", scale)  # (out, groups) float16
-        self.register_buffer("mins", low)  # (out, groups) float16
+        nibbles = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(self.out_features, -1)  # (out, in / 2)
+        # (out, 2 * groups + 2 * groups + in / 2) bytes: float16 scales, float16 minimums, nibbles
+        self.register_buffer("rows", torch.cat([scale.view(torch.uint8), low.view(torch.uint8), nibbles], 1))
         self.bias = None
 
     @property
+    def groups(self) -> int:
+        return self.in_features // self.group
+
+    @property
+    def scales(self) -> torch.Tensor:
+        """(out, groups) float16, a view into `rows`."""
+        return self.rows[:, :2 * self.groups].view(torch.float16)
+
+    @property
+    def mins(self) -> torch.Tensor:
+        """(out, groups) float16, a view into `rows`."""
+        return self.rows[:, 2 * self.groups:4 * self.groups].view(torch.float16)
+
+    @property
+    def packed(self) -> torch.Tensor:
+        """(out, in / 2) uint8, two weights a byte, a view into `rows`."""
+        return self.rows[:, 4 * self.groups:]
+
+    @property
     def stored(self) -> torch.Tensor:
-        return self.packed
+        return self.rows
 
     def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.scales, self.mins))
+        return self.rows.numel()
 
     def unpacked(self, rows: slice = slice(None)) -> torch.Tensor:
         """q (rows, in) as uint8 values 0 ... 15, back from the nibbles."""
-        packed = self.packed[rows].view(-1, self.in_features // self.group, 1, self.group // 2)
+        packed = self.packed[rows].reshape(-1, self.groups, 1, self.group // 2)
         return torch.cat([packed & 15, packed >> 4], 2).view(-1, self.in_features)
 
     def dequantized(self, rows: slice = slice(None)) -> torch.Tensor:
@@ -166,7 +187,7 @@ class Int4Linear(QuantizedLinear):
         return weights.view(-1, self.in_features)
 
     def one_row(self, row: torch.Tensor) -> torch.Tensor:
-        return cpu_kernels.gemv_w4a8(row, self.packed, self.scales, self.mins)  # rounds the row itself
+        return cpu_kernels.gemv_w4a8(row, self.rows)  # rounds the row itself
 
     rounded = staticmethod(cpu_kernels.quantize_blocks)
 

@@ -78,6 +78,56 @@ def test_w8a8_kernel_rounds_the_activations_per_block_then_multiplies_exactly(n,
     assert bool(((got.double() - reference).abs() <= bound + 1e-30).all())
 
 
+def random_int4(n, k, seed):
+    """Random 4-bit levels (n, k), float16 scales and minimums per group, and the rows gemv_w4a8 reads."""
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=generator)
+    by_group = q.view(n, k // 32, 32)  # in each group of 32: weights 0-15 in the low nibbles, 16-31 in the high
+    packed = (by_group[..., :16] | (by_group[..., 16:] << 4)).reshape(n, k // 2)
+    scales = (torch.rand(n, k // 32, generator=generator) * 0.1 + 1e-3).half()
+    mins = (torch.randn(n, k // 32, generator=generator) * 0.5).half()
+    rows = torch.cat([scales.view(torch.uint8), mins.view(torch.uint8), packed], 1)  # each row: scales, mins, nibbles
+    return q, scales, mins, rows
+
+
+INT4_SHAPES = [(1, 32), (3, 64), (5, 96), (7, 128), (9, 160), (11, 256), (13, 288), (100, 416), (257, 640),
+               (1027, 2048), (64, 1056)]  # every mix of the kernel's 8-, 4- and 1-group steps
+
+
+@pytest.mark.parametrize("n, k", INT4_SHAPES)
+def test_w4a8_kernel_rounds_the_activations_per_block_then_multiplies_exactly(n, k):
+    torch.manual_seed(k + 2)
+    x = torch.randn(1, k) * torch.rand(1, k) * 5
+    x[0, k // 3] = -200.0  # an outlier in one block
+    q, scales, mins, rows = random_int4(n, k, seed=n + 2)
+    weights = (q.view(n, -1, 32).double() * scales.double()[..., None] + mins.double()[..., None]).view(n, k)
+    rounded = blocks_rounded_by_hand(x)
+    got = cpu_kernels.gemv_w4a8(x, rows)
+    assert got.shape == (1, n) and got.dtype == torch.float32
+    reference = rounded @ weights.T  # integer products, float32 only in the per-group scaling and the sums
+    magnitude = rounded.abs() @ (q.double() * scales.double().repeat_interleave(32, -1)
+                                 + mins.double().abs().repeat_interleave(32, -1)).T
+    assert bool(((got.double() - reference).abs() <= magnitude * (k // 32 + 4) * 2 ** -23 + 1e-30).all())
+
+
+@pytest.mark.skipif(not cpu_kernels.has_vnni(), reason="this CPU has no AVX-512 VNNI: only one build to test")
+def test_the_vnni_build_gives_the_same_numbers_as_the_avx2_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("PALIGEMMA_CACHE", str(tmp_path))
+    builds = [cpu_kernels._build(cpu_kernels.build_flags(vnni=True)), cpu_kernels._build(cpu_kernels.FLAGS)]
+    for n, k in [(257, 640), (64, 1056), (1027, 2048)]:
+        x = torch.randn(1, k)
+        *_, rows = random_int4(n, k, seed=k)
+        qweight, row_scales = random_int8(n, k, seed=k)
+        outputs = []
+        for library in builds:
+            w4, w8 = torch.empty(1, n), torch.empty(1, n)
+            library.pg_gemv_w4a8(x.data_ptr(), rows.data_ptr(), w4.data_ptr(), n, k, 2)
+            library.pg_gemv_w8a8(x.data_ptr(), qweight.data_ptr(), row_scales.data_ptr(), w8.data_ptr(), n, k, 2)
+            outputs.append((w4, w8))
+        assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert len(list(tmp_path.iterdir())) == 2  # two libraries: one per set of flags
+
+
 def test_the_c_rounding_is_bit_equal_to_quantize_blocks():
     torch.manual_seed(0)
     library = cpu_kernels._library()
