@@ -35,10 +35,34 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return logits
 
 
+ARGMAX_BLOCK = 1024  # greedy_tokens: a long row's maximum is first looked for among the maxima of blocks this long
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(-1), the same indices (the first of equal maxima; the first NaN), from two short passes.
+
+    On a CPU torch's argmax walks a long row one value at a time: for Gemma's 262144 logits it takes about 0.5 ms,
+    25 times its max and a twentieth of a quantized decode step. So: the largest value of each block of
+    ARGMAX_BLOCK, the first block holding the row's largest, then the first largest inside that block. (B, V) -> (B,).
+    """
+    batch, vocab = logits.shape
+    if vocab < 64 * ARGMAX_BLOCK or logits.device.type != "cpu":  # short rows: the extra calls would cost more
+        return logits.argmax(-1)
+    whole = vocab - vocab % ARGMAX_BLOCK
+    maxima = logits[:, :whole].reshape(batch, -1, ARGMAX_BLOCK).amax(-1)  # (B, whole / block); NaN stays NaN
+    if whole < vocab:  # the shorter last block
+        maxima = torch.cat([maxima, logits[:, whole:].amax(-1, keepdim=True)], -1)
+    start = maxima.argmax(-1) * ARGMAX_BLOCK  # (B,) where the first block holding the largest value begins
+    # (B, block) columns of that block; in the last block, columns past the end repeat the last one, which can
+    # never come first among equal values: its own column comes before them
+    columns = (start[:, None] + torch.arange(ARGMAX_BLOCK, device=logits.device)).clamp_(max=vocab - 1)
+    return start + logits.gather(-1, columns).argmax(-1)
+
+
 def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
                 top_p: float | None, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits of the last position -> (B,) chosen token ids."""
     if not do_sample:
-        return logits.argmax(-1)
+        return greedy_tokens(logits)
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

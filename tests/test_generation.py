@@ -5,6 +5,7 @@ import torch
 
 from conftest import hf_gemma_twin, hf_paligemma_twin, make_gemma, make_paligemma, random_images
 from paligemma.generation import filter_logits, generate_tokens
+from paligemma.sampling import ARGMAX_BLOCK, greedy_tokens
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,3 +105,19 @@ def test_bad_generation_arguments(kwargs, words):
 def test_gemma_rejects_pixel_values():
     with pytest.raises(ValueError, match="no vision tower"):
         make_gemma().generate(torch.tensor([[2, 5]]), pixel_values=random_images(1))
+
+
+@pytest.mark.parametrize("vocab", [64 * ARGMAX_BLOCK, 262144, 257216, 100])  # whole blocks, a short last block, tiny
+def test_greedy_tokens_picks_what_argmax_picks_ties_nan_and_infinities_included(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=generator)
+    logits[1, [7, vocab // 2, vocab - 1]] = 50.0  # ties: the first one wins
+    logits[2, vocab - 1] = 60.0  # the maximum in the last column
+    logits[3, [vocab // 3, vocab - 2]] = float("nan")  # a NaN counts as the largest, the first one
+    logits[4] = float("-inf")  # all -inf: column 0
+    logits[5, ARGMAX_BLOCK - 1: ARGMAX_BLOCK + 1] = 70.0  # equal maxima straddling two blocks
+    assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
+    assert greedy_tokens(logits)[1] == 7
+    for seed in range(20):  # and random rows, repeated values included
+        rows = torch.randint(-3, 4, (3, vocab), generator=torch.Generator().manual_seed(seed)).float()
+        assert torch.equal(greedy_tokens(rows), rows.argmax(-1))
