@@ -51,10 +51,19 @@ def cache_bucket(total_length: int) -> int:
 def compiled_decode_step(model, options: dict) -> Callable:
     """torch.compile(decode_step), made once per model and options and kept on the model."""
     compiled = model.__dict__.setdefault("_compiled_decode_steps", {})
-    key = tuple(sorted(options.items()))
+    key = _frozen(options)
     if key not in compiled:
         compiled[key] = torch.compile(_own_copy(decode_step), **options)
     return compiled[key]
+
+
+def _frozen(value):
+    """A hashable stand-in for compile options, nested ones included (e.g. {"options": {"size_asserts": False}})."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, _frozen(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 def _own_copy(function: Callable) -> Callable:

@@ -114,6 +114,18 @@ def test_each_model_compiles_its_own_copy_of_the_decode_step():
                            model.generate(ids, max_new_tokens=4, eos_token_id=None))
 
 
+def test_nested_compile_options_are_accepted_and_keep_one_compiled_step():
+    """torch.compile's own `options` is a dict: the step kept per options must not need hashable values."""
+    from paligemma.static_decoding import compiled_decode_step
+
+    model = make_causal_lm("gemma", seed=3)
+    options = {"fullgraph": True, "options": {"size_asserts": False, "cpp.threads": 2}}
+    step = compiled_decode_step(model, options)
+    same_in_another_order = {"options": {"cpp.threads": 2, "size_asserts": False}, "fullgraph": True}
+    assert compiled_decode_step(model, same_in_another_order) is step
+    assert compiled_decode_step(model, {"fullgraph": True, "options": {"size_asserts": True}}) is not step
+
+
 def test_cache_lengths_are_rounded_up_to_powers_of_two():
     from paligemma.static_decoding import cache_bucket
 
