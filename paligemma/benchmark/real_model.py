@@ -230,9 +230,16 @@ def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: 
         row["fraction_of_bound"] = rate / row["bound_tokens_per_s"] if rate else None
     return {"model": path.name, "device": device_description(torch.device("cpu")), "threads": threads,
             "prompt_tokens": prompt_ids.shape[1], "new_tokens": new_tokens, "repeats": repeats,
-            "bandwidth_gb_per_s": bandwidth, "torch": torch.__version__, "python": platform.python_version(),
+            "bandwidth_gb_per_s": bandwidth, "cpu": cpu_description(), "torch": torch.__version__,
+            "python": platform.python_version(),
             "date": datetime.date.today().isoformat(), "peak_resident_gb": peak_resident_gb(), "results": results,
             "ratios": ratios(results), "quality": quality}
+
+
+def cpu_description() -> str:
+    """The CPU's vector extensions as torch sees them, and which build of our kernels ran (timings depend on both)."""
+    kernels = ("AVX2 + AVX-512 VNNI" if cpu_kernels.has_vnni() else "AVX2") if cpu_kernels.available() else "none"
+    return f"torch {torch.backends.cpu.get_cpu_capability()}, our kernels {kernels}"
 
 
 def tokenizer_for(path: Path):

@@ -45,7 +45,8 @@ def format_real_table(report: dict) -> str:
     reference = {name.split()[-1]: row["decode_tokens_per_s"] for name, row in results.items()
                  if name.startswith("transformers")}
     llama = (results.get("llama.cpp") or {}).get("decode_tokens_per_s")
-    lines = [f"{report['model']} on {report['device']}, prompt {report['prompt_tokens']} tokens, "
+    cpu = f" ({report['cpu']})" if report.get("cpu") else ""  # (older reports do not say)
+    lines = [f"{report['model']} on {report['device']}{cpu}, prompt {report['prompt_tokens']} tokens, "
              f"{report['new_tokens']} greedy tokens, memory bandwidth {report['bandwidth_gb_per_s']:.1f} GB/s",
              f"{'implementation':30} {'prefill ms':>10} {'decode tok/s':>13} {'vs transformers':>16} "
              f"{'vs llama.cpp':>13} {'GB/token':>9} {'of bound':>9} {'memory GB':>10}"]
