@@ -195,7 +195,7 @@ def test_without_the_kernels_every_path_says_why_and_still_computes(tmp_path):
     code = """
 import torch
 from paligemma import cpu_kernels
-from paligemma.quantization import Int8DynamicLinear, Int8Linear
+from paligemma.quantization import Int4Linear, Int8DynamicLinear, Int8Linear
 assert not cpu_kernels.available()
 print(cpu_kernels.unavailable_reason())
 try:
@@ -208,6 +208,8 @@ for kind in (Int8Linear, Int8DynamicLinear):
     layer = kind.from_linear(linear)
     rounded = cpu_kernels.quantize_blocks(x) if kind is Int8DynamicLinear else x
     torch.testing.assert_close(layer(x), rounded @ layer.dequantized().T, atol=1e-5, rtol=1e-5)
+layer = Int4Linear(linear)
+torch.testing.assert_close(layer(x), cpu_kernels.quantize_blocks(x) @ layer.dequantized().T, atol=1e-5, rtol=1e-5)
 print("ok")
 """
     env = {**os.environ, "PALIGEMMA_CPU_KERNELS": "0", "PALIGEMMA_CACHE": str(tmp_path)}
