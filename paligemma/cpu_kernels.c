@@ -156,7 +156,7 @@ void pg_gemv_f32(const float *x, const float *w, float *y, int64_t n, int64_t k,
  * integer sums of eight groups are then gathered into one vector (three horizontal adds) and scaled together. */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-/* 64 products of unsigned 4-bit weights and signed int8 activations, summed in fours into 8 int32 lanes */
+/* 64 products of unsigned 4-bit weights and signed int8 activations, summed in eights into 8 int32 lanes */
 static inline __m256i nibbles_dot(__m256i lows, __m256i highs, const int8_t *paired) {
     __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lows, _mm256_loadu_si256((const __m256i *)paired));
     return _mm256_dpbusd_epi32(sums, highs, _mm256_loadu_si256((const __m256i *)(paired + 32)));
@@ -215,8 +215,8 @@ void pg_gemv_w4a8(const float *x, const uint8_t *rows, float *y, int64_t n, int6
             __m256i d23 = two_groups_dot(row + g * 16 + 32, paired + g * 32 + 64);
             __m256i d45 = two_groups_dot(row + g * 16 + 64, paired + g * 32 + 128);
             __m256i d67 = two_groups_dot(row + g * 16 + 96, paired + g * 32 + 192);
-            __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(d01, d23), _mm256_hadd_epi32(d45, d67)); /* groups
-                                                                                   0 2 4 6 | 1 3 5 7 */
+            /* one sum per group, in the order 0 2 4 6 | 1 3 5 7 (hadd works within each 128-bit half) */
+            __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(d01, d23), _mm256_hadd_epi32(d45, d67));
             __m256 dots = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(sums, in_order)); /* groups 0 ... 7 */
             __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row_scales + g)));
             __m256 low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row_mins + g)));

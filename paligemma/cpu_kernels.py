@@ -1,9 +1,9 @@
 """Our own matrix-vector kernels for CPU decoding (`cpu_kernels.c`), compiled on first use with the system's C compiler.
 
 A decode step multiplies one token's activations by every weight matrix once. torch's kernels for that shape
-are built for matrices, not vectors: on an AVX2 CPU they read bfloat16 and int8 weights at about half of memory
-speed (notebook 14). The C file holds five short loops (float32, bfloat16, int8 weights; int8 and int4 weights
-with int8 activations) that stream the rows at close to memory speed.
+are built for matrices, not vectors: they read bfloat16 and int8 weights at a fraction of memory speed (notebook
+14). The C file holds five short loops (float32, bfloat16, int8 weights; int8 and int4 weights with int8
+activations) that stream the rows faster.
 
 The library is built once into a cache folder (`PALIGEMMA_CACHE`, else `~/.cache/paligemma`) and called through
 `ctypes`, wrapped as torch operators so `torch.compile` can keep them in its graph. Where it cannot be built (no C
@@ -31,7 +31,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 VNNI_FLAGS = ["-mavx512vnni", "-mavx512vl"]  # added where the CPU has them: byte products in one instruction
 BLOCK = 32  # every kernel takes rows whose length is a multiple of this (and int8 activations use blocks of it)
 _LOCK = threading.Lock()
-_STATE: dict[str, object] = {}  # "library" (a ctypes.CDLL) or "reason" (why there is none), once tried
+_STATE: dict[str, object] = {}  # "library" (a ctypes.CDLL) and its "flags", or "reason" (why none), once tried
 
 
 def cache_folder() -> Path:
@@ -88,23 +88,23 @@ def _build(flags: list[str]) -> ctypes.CDLL:
     return loaded
 
 
-def _build_for_this_cpu() -> ctypes.CDLL:
-    """_build() with the VNNI flags where the CPU has them, without where the compiler refuses them (an old gcc)."""
-    if build_flags() == FLAGS:
-        return _build(FLAGS)
+def _build_for_this_cpu() -> tuple[ctypes.CDLL, list[str]]:
+    """_build() with the VNNI flags where the CPU has them, without where the compiler refuses them (an old gcc);
+    the library and the flags it was built with."""
+    flags = build_flags()
     try:
-        return _build(build_flags())
+        return _build(flags), flags
     except RuntimeError as err:
-        if "could not build" not in str(err):
+        if flags == FLAGS or "could not build" not in str(err):
             raise
-        return _build(FLAGS)
+        return _build(FLAGS), list(FLAGS)
 
 
 def _library() -> ctypes.CDLL | None:
     with _LOCK:
         if not _STATE:
             try:
-                _STATE["library"] = _build_for_this_cpu()
+                _STATE["library"], _STATE["flags"] = _build_for_this_cpu()
             except (RuntimeError, OSError) as err:
                 _STATE["reason"] = str(err)
         return _STATE.get("library")
@@ -113,6 +113,13 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """True when the kernels are built and loaded (building them on the first call)."""
     return _library() is not None
+
+
+def kernel_build() -> str | None:
+    """Which build of the kernels is in use ("AVX2" or "AVX2 + AVX-512 VNNI"), None when there is none."""
+    if _library() is None:
+        return None
+    return "AVX2 + AVX-512 VNNI" if _STATE["flags"] != FLAGS else "AVX2"
 
 
 def unavailable_reason() -> str | None:

@@ -115,6 +115,7 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     assert report["bandwidth_gb_per_s"] > 0 and report["threads"] == 1
     kernels = ("AVX2 + AVX-512 VNNI" if cpu_kernels.has_vnni() else "AVX2") if cpu_kernels.available() else "none"
     assert report["cpu"] == f"torch {torch.backends.cpu.get_cpu_capability()}, our kernels {kernels}"
+    assert cpu_kernels.kernel_build() == (None if kernels == "none" else kernels)
     table = capsys.readouterr().out
     assert f"({report['cpu']})" in table
     assert "ours int8" in table and "of bound" in table and "perplexity" in table and "memory GB" in table

@@ -238,8 +238,7 @@ def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: 
 
 def cpu_description() -> str:
     """The CPU's vector extensions as torch sees them, and which build of our kernels ran (timings depend on both)."""
-    kernels = ("AVX2 + AVX-512 VNNI" if cpu_kernels.has_vnni() else "AVX2") if cpu_kernels.available() else "none"
-    return f"torch {torch.backends.cpu.get_cpu_capability()}, our kernels {kernels}"
+    return f"torch {torch.backends.cpu.get_cpu_capability()}, our kernels {cpu_kernels.kernel_build() or 'none'}"
 
 
 def tokenizer_for(path: Path):
