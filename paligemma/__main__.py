@@ -190,8 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sample from the smallest set of tokens holding this probability, in (0, 1]")
     gen.add_argument("--top-k", type=positive_int_arg, help="sample from the k most likely tokens")
     gen.add_argument("--seed", type=seed_arg, help="random seed from 0 to 2**64 - 1, for reproducible sampling")
-    gen.add_argument("--compile", action="store_true",
-                     help="compile the decode step (CUDA graphs on a GPU): slower start, faster tokens")
+    fast = gen.add_mutually_exclusive_group()
+    fast.add_argument("--compile", action="store_true",
+                      help="compile the decode step (CUDA graphs on a GPU): slower start, faster tokens")
+    fast.add_argument("--native", action="store_true",
+                      help="run each decode step through our C step (CPU, one prompt, float32 or --quantize "
+                           "weights): the fastest CPU decoding, no compilation wait")
     gen.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cpu, cuda or cuda:N (default: %(default)s)")
     gen.add_argument("--quantize", choices=QUANTIZE_MODES,

@@ -148,5 +148,5 @@ def streamed_decoding_options(args: argparse.Namespace) -> dict:
     sampling = args.temperature is not None or args.top_p is not None or args.top_k is not None
     return dict(max_new_tokens=args.max_new_tokens, do_sample=sampling,
                 temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed, compile=args.compile,
+                top_p=args.top_p, seed=args.seed, compile="native" if args.native else args.compile,
                 on_token=lambda pieces: print(pieces[0], end="", flush=True))

@@ -10,12 +10,19 @@
  * in one instruction (_mm256_dpbusd_epi32) instead of two: the same integer sums, so the same results.
  */
 #include <immintrin.h>
+#include <math.h>
+#include <omp.h>
 #include <stdint.h>
+
+#include "cpu_kernels.h"
 
 /* bytes: each row's loop asks for the memory this far ahead (measured over one token's matrices, 512 ... 8192:
  * 2048 best, or within 3 %, for every kernel) */
 #define AHEAD 2048
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + AHEAD, _MM_HINT_T0)
+/* inside a parallel region: where this thread's share of n rows begins and ends */
+#define SHARE_BEGIN(n) ((n) * omp_get_thread_num() / omp_get_num_threads())
+#define SHARE_END(n) ((n) * (omp_get_thread_num() + 1) / omp_get_num_threads())
 
 
 static inline float sum_lanes(__m256 v) {
@@ -30,9 +37,9 @@ static inline __m256 int8_times_x(__m256 acc, __m128i eight_weights, const float
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight_weights)), _mm256_loadu_ps(x), acc);
 }
 
-void pg_gemv_int8(const float *x, const int8_t *q, const float *s, float *y, int64_t n, int64_t k, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
+/* rows begin ... end - 1 (one thread's share); pg_gemv_int8 splits all n rows between the threads */
+void pg_int8_rows(const float *x, const int8_t *q, const float *s, float *y, int64_t begin, int64_t end, int64_t k) {
+    for (int64_t r = begin; r < end; r++) {
         const int8_t *row = q + r * k;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t j = 0; j < k; j += 32) {
@@ -46,6 +53,11 @@ void pg_gemv_int8(const float *x, const int8_t *q, const float *s, float *y, int
         }
         y[r] = sum_lanes(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) * s[r];
     }
+}
+
+void pg_gemv_int8(const float *x, const int8_t *q, const float *s, float *y, int64_t n, int64_t k, int threads) {
+#pragma omp parallel num_threads(threads)
+    pg_int8_rows(x, q, s, y, SHARE_BEGIN(n), SHARE_END(n), k);
 }
 
 /* ---- int8 weights and int8 activations (W8A8): x quantized per block of 32 values, each with its own scale ---- */
@@ -75,12 +87,10 @@ static inline __m256i int8_dot(__m256i w, __m256i a) {
 #endif
 }
 
-void pg_gemv_w8a8(const float *x, const int8_t *q, const float *s, float *y, int64_t n, int64_t k, int threads) {
-    int8_t qx[k];       /* the row of activations rounded to int8, */
-    float sx[k / 32];   /* one scale per block of 32 (k is at most a few thousand: the stack holds them) */
-    pg_quantize_blocks(x, qx, sx, k);
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
+/* rows begin ... end - 1 of W8A8 with x already rounded (qx, sx: pg_quantize_blocks) */
+void pg_w8a8_rows(const int8_t *qx, const float *sx, const int8_t *q, const float *s, float *y, int64_t begin,
+                  int64_t end, int64_t k) {
+    for (int64_t r = begin; r < end; r++) {
         const int8_t *row = q + r * k;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0;
         int64_t j = 0;
@@ -102,6 +112,14 @@ void pg_gemv_w8a8(const float *x, const int8_t *q, const float *s, float *y, int
     }
 }
 
+void pg_gemv_w8a8(const float *x, const int8_t *q, const float *s, float *y, int64_t n, int64_t k, int threads) {
+    int8_t qx[k];       /* the row of activations rounded to int8, */
+    float sx[k / 32];   /* one scale per block of 32 (k is at most a few thousand: the stack holds them) */
+    pg_quantize_blocks(x, qx, sx, k);
+#pragma omp parallel num_threads(threads)
+    pg_w8a8_rows(qx, sx, q, s, y, SHARE_BEGIN(n), SHARE_END(n), k);
+}
+
 /* ---- bfloat16 weights: a bfloat16 is the top half of a float32, so widening is a 16-bit shift ---- */
 
 static inline __m256 bf16_times_x(__m256 acc, __m128i eight_weights, const float *x) {
@@ -109,9 +127,8 @@ static inline __m256 bf16_times_x(__m256 acc, __m128i eight_weights, const float
     return _mm256_fmadd_ps(w, _mm256_loadu_ps(x), acc);
 }
 
-void pg_gemv_bf16(const float *x, const uint16_t *w, float *y, int64_t n, int64_t k, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
+static void bf16_rows(const float *x, const uint16_t *w, float *y, int64_t begin, int64_t end, int64_t k) {
+    for (int64_t r = begin; r < end; r++) {
         const uint16_t *row = w + r * k;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t j = 0; j < k; j += 32) {
@@ -127,11 +144,15 @@ void pg_gemv_bf16(const float *x, const uint16_t *w, float *y, int64_t n, int64_
     }
 }
 
+void pg_gemv_bf16(const float *x, const uint16_t *w, float *y, int64_t n, int64_t k, int threads) {
+#pragma omp parallel num_threads(threads)
+    bf16_rows(x, w, y, SHARE_BEGIN(n), SHARE_END(n), k);
+}
+
 /* ---- float32 weights ---- */
 
-void pg_gemv_f32(const float *x, const float *w, float *y, int64_t n, int64_t k, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
+void pg_f32_rows(const float *x, const float *w, float *y, int64_t begin, int64_t end, int64_t k) {
+    for (int64_t r = begin; r < end; r++) {
         const float *row = w + r * k;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t j = 0; j < k; j += 32) {
@@ -146,108 +167,206 @@ void pg_gemv_f32(const float *x, const float *w, float *y, int64_t n, int64_t k,
     }
 }
 
+void pg_gemv_f32(const float *x, const float *w, float *y, int64_t n, int64_t k, int threads) {
+#pragma omp parallel num_threads(threads)
+    pg_f32_rows(x, w, y, SHARE_BEGIN(n), SHARE_END(n), k);
+}
+
 /* ---- int4 weights (groups of 32: w = min + scale * q, q in 0 ... 15) and int8 activations (W4A8) ----
- * A row is stored as its float16 scales (one per group), its float16 minimums, then its nibbles: group g is 16
- * bytes, weights 32g ... 32g+15 in the low nibbles, 32g+16 ... 32g+31 in the high ones. Per group,
+ * A row is stored as its float16 scales (one per group), its float16 minimums, then its nibbles, 16 bytes a
+ * group: byte b of group g holds weight 32g + b in its low nibble and 32g + 16 + b in its high one. Per group,
  *     sum_j w_j x_j = scale * sx * (sum_j q_j qx_j) + min * sx * (sum_j qx_j),
  * and the second sum depends on the activations only, so it is computed once per call (block_sums).
- * The loop takes 32 bytes (two groups) at a time: masking gives the low nibbles of both groups, shifting the high
- * ones, and the activations are laid out once per call in that same order (paired), so no weight is moved. The
- * integer sums of eight groups are then gathered into one vector (three horizontal adds) and scaled together. */
+ * The bytes of eight groups (a "chunk", 128 bytes) are stored transposed in 4-byte words: 32-byte load v holds
+ * bytes 4v ... 4v+3 of groups 0 ... 7, one group per 32-bit lane. Multiply-adding the four loads' low and high
+ * nibbles into the same lanes then leaves each lane with its whole group's integer sum: no horizontal adds.
+ * The activations are laid out once per call to match (arranged). A row's last four groups, when its length is
+ * not a multiple of 256 (640 in Gemma 3 270M), are a "quad" stored the same way with 16-byte loads, and two rows'
+ * quads fill one 32-byte vector; groups past a multiple of four (rare) keep the plain order. The layout is
+ * quantization.int4_byte_order's; tests/test_cpu_kernels.py builds it by hand. */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-/* 64 products of unsigned 4-bit weights and signed int8 activations, summed in eights into 8 int32 lanes */
-static inline __m256i nibbles_dot(__m256i lows, __m256i highs, const int8_t *paired) {
-    __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lows, _mm256_loadu_si256((const __m256i *)paired));
-    return _mm256_dpbusd_epi32(sums, highs, _mm256_loadu_si256((const __m256i *)(paired + 32)));
-}
+/* sums += per 32-bit lane, the four products of unsigned 4-bit weights and signed int8 activations */
+#define DOT_ADD(sums, nibbles, acts) _mm256_dpbusd_epi32((sums), (nibbles), (acts))
+#define DOT_START(nibbles, acts) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (nibbles), (acts))
+#define DOT_JOIN(low, high) _mm256_add_epi32((low), (high))
 #else
-static inline __m256i nibbles_dot(__m256i lows, __m256i highs, const int8_t *paired) {
-    __m256i pairs = _mm256_add_epi16( /* int16 sums of pairs: at most 4 * 15 * 128, no overflow */
-        _mm256_maddubs_epi16(lows, _mm256_loadu_si256((const __m256i *)paired)),
-        _mm256_maddubs_epi16(highs, _mm256_loadu_si256((const __m256i *)(paired + 32))));
-    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-}
+/* without VNNI the sums stay int16 until the end: at most 16 products of 15 * 127 per lane, 30480 < 32767 */
+#define DOT_ADD(sums, nibbles, acts) _mm256_add_epi16((sums), _mm256_maddubs_epi16((nibbles), (acts)))
+#define DOT_START(nibbles, acts) _mm256_maddubs_epi16((nibbles), (acts))
+#define DOT_JOIN(low, high) _mm256_madd_epi16(_mm256_add_epi16((low), (high)), _mm256_set1_epi16(1))
 #endif
 
-/* Two groups' dot products: lanes 0-3 hold partial sums of the first group, lanes 4-7 of the second. */
-static inline __m256i two_groups_dot(const uint8_t *bytes32, const int8_t *paired) {
+/* Eight int32 lanes, one whole group each, from four 32-byte loads of nibbles and their arranged activations. */
+static inline __m256i lanes_dot(__m256i b0, __m256i b1, __m256i b2, __m256i b3, const int8_t *acts) {
     const __m256i nibble = _mm256_set1_epi8(0x0F);
-    __m256i bytes = _mm256_loadu_si256((const __m256i *)bytes32);
-    return nibbles_dot(_mm256_and_si256(bytes, nibble), _mm256_and_si256(_mm256_srli_epi16(bytes, 4), nibble), paired);
+#define ACTS(i) _mm256_loadu_si256((const __m256i *)(acts + 32 * (i)))
+    __m256i low = DOT_START(_mm256_and_si256(b0, nibble), ACTS(0));
+    __m256i high = DOT_START(_mm256_and_si256(_mm256_srli_epi16(b0, 4), nibble), ACTS(1));
+    low = DOT_ADD(low, _mm256_and_si256(b1, nibble), ACTS(2));
+    high = DOT_ADD(high, _mm256_and_si256(_mm256_srli_epi16(b1, 4), nibble), ACTS(3));
+    low = DOT_ADD(low, _mm256_and_si256(b2, nibble), ACTS(4));
+    high = DOT_ADD(high, _mm256_and_si256(_mm256_srli_epi16(b2, 4), nibble), ACTS(5));
+    low = DOT_ADD(low, _mm256_and_si256(b3, nibble), ACTS(6));
+    high = DOT_ADD(high, _mm256_and_si256(_mm256_srli_epi16(b3, 4), nibble), ACTS(7));
+#undef ACTS
+    return DOT_JOIN(low, high);
 }
 
-/* qx reordered for two_groups_dot: per pair of groups, the activations of both groups' low nibbles, then of their
- * high nibbles (an odd last group is left out: the loop takes it alone, from qx). */
-static void pair_activations(const int8_t *qx, int8_t *paired, int64_t groups) {
-    for (int64_t g = 0; g + 2 <= groups; g += 2) {
-        const int8_t *from = qx + g * 32;
-        int8_t *to = paired + g * 32;
-        for (int j = 0; j < 16; j++) {
-            to[j] = from[j], to[16 + j] = from[32 + j];       /* low nibbles: group g, then group g + 1 */
-            to[32 + j] = from[16 + j], to[48 + j] = from[48 + j]; /* high nibbles */
-        }
-    }
+static inline __m256i load32(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline __m256i two16(const uint8_t *a, const uint8_t *b) { /* 16 bytes of a, then 16 of b */
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                   _mm_loadu_si128((const __m128i *)b), 1);
+}
+static inline __m256 halves_ph(const uint16_t *a, const uint16_t *b) { /* 4 float16 of a, 4 of b, as floats */
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)a), _mm_loadl_epi64((const __m128i *)b)));
 }
 
-void pg_gemv_w4a8(const float *x, const uint8_t *rows, float *y, int64_t n, int64_t k, int threads) {
-    int64_t groups = k / 32, row_bytes = 4 * groups + k / 2;
-    int8_t qx[k], paired[k];
-    float sx[groups], block_sums[groups];
+/* acc + this chunk's eight groups, scaled: dots * sx * scale + min * block_sum */
+static inline __m256 chunk(__m256 acc, const uint8_t *w, const int8_t *acts, const uint16_t *scales,
+                           const uint16_t *mins, const float *sx, const float *block_sums) {
+    __m256 dots = _mm256_cvtepi32_ps(lanes_dot(load32(w), load32(w + 32), load32(w + 64), load32(w + 96), acts));
+    __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)scales));
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(dots, _mm256_loadu_ps(sx)), scale, acc);
+    return _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mins)), _mm256_loadu_ps(block_sums), acc);
+}
+
+/* Two rows' quads (the same groups g ... g+3 of rows a and b): lanes 0-3 row a's groups, 4-7 row b's, scaled. */
+static inline __m256 quads(const uint8_t *wa, const uint8_t *wb, const int8_t *acts, const uint16_t *scales_a,
+                           const uint16_t *scales_b, const uint16_t *mins_a, const uint16_t *mins_b, const float *sx,
+                           const float *block_sums) {
+    __m256 dots = _mm256_cvtepi32_ps(lanes_dot(two16(wa, wb), two16(wa + 16, wb + 16), two16(wa + 32, wb + 32),
+                                               two16(wa + 48, wb + 48), acts));
+    __m256 scaled = _mm256_mul_ps(_mm256_mul_ps(dots, _mm256_broadcast_ps((const __m128 *)sx)),
+                                  halves_ph(scales_a, scales_b));
+    return _mm256_fmadd_ps(halves_ph(mins_a, mins_b), _mm256_broadcast_ps((const __m128 *)block_sums), scaled);
+}
+
+/* One group in the plain order (past the quads), from qx. */
+static inline float plain_group(const uint8_t *w, const int8_t *qx, float sx, float block_sum, uint16_t scale,
+                                uint16_t min) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)w), nibble = _mm_set1_epi8(0x0F);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), nibble), _mm_and_si128(bytes, nibble));
+    __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)qx)), _mm256_set1_epi16(1));
+    __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+    d4 = _mm_hadd_epi32(d4, d4);
+    return _mm_cvtsi128_si32(_mm_hadd_epi32(d4, d4)) * sx * _cvtsh_ss(scale) + _cvtsh_ss(min) * block_sum;
+}
+
+static inline float sum_half(__m256 v, int upper) { /* the sum of lanes 0-3 (upper = 0) or 4-7 */
+    __m128 h = upper ? _mm256_extractf128_ps(v, 1) : _mm256_castps256_ps128(v);
+    h = _mm_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_hadd_ps(h, h));
+}
+
+/* The activations' side of a W4A8 product, computed once per input vector: x rounded to int8 per block (qx, sx),
+ * qx arranged as the chunks and quads read it (arranged: 2k bytes), and each block's sum times its scale. */
+void pg_w4a8_prepare(const float *x, int64_t k, int8_t *qx, int8_t *arranged, float *sx, float *block_sums) {
+    int64_t groups = k / 32, chunked = groups / 8 * 8, quad = groups % 8 >= 4;
     pg_quantize_blocks(x, qx, sx, k);
-    pair_activations(qx, paired, groups);
     for (int64_t g = 0; g < groups; g++) {
         int total = 0;
         for (int j = 0; j < 32; j++) total += qx[g * 32 + j];
         block_sums[g] = total * sx[g];
     }
-    const __m256i in_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < n; r++) {
-        const uint16_t *row_scales = (const uint16_t *)(rows + r * row_bytes), *row_mins = row_scales + groups;
-        const uint8_t *row = (const uint8_t *)(row_mins + groups); /* the nibbles */
-        __m256 acc = _mm256_setzero_ps();
-        int64_t g = 0;
-        for (; g + 8 <= groups; g += 8) { /* eight groups: 128 bytes of weights */
-            PREFETCH(row + g * 16);
-            PREFETCH(row + g * 16 + 64);
-            __m256i d01 = two_groups_dot(row + g * 16, paired + g * 32);
-            __m256i d23 = two_groups_dot(row + g * 16 + 32, paired + g * 32 + 64);
-            __m256i d45 = two_groups_dot(row + g * 16 + 64, paired + g * 32 + 128);
-            __m256i d67 = two_groups_dot(row + g * 16 + 96, paired + g * 32 + 192);
-            /* one sum per group, in the order 0 2 4 6 | 1 3 5 7 (hadd works within each 128-bit half) */
-            __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(d01, d23), _mm256_hadd_epi32(d45, d67));
-            __m256 dots = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(sums, in_order)); /* groups 0 ... 7 */
-            __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row_scales + g)));
-            __m256 low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row_mins + g)));
-            acc = _mm256_fmadd_ps(_mm256_mul_ps(dots, _mm256_loadu_ps(sx + g)), scale, acc);
-            acc = _mm256_fmadd_ps(low, _mm256_loadu_ps(block_sums + g), acc);
+    for (int64_t c = 0; c < chunked / 8; c++) /* load v's lane j: group j's bytes 4v ... 4v+3, low then high */
+        for (int v = 0; v < 4; v++)
+            for (int j = 0; j < 8; j++)
+                for (int t = 0; t < 4; t++) {
+                    const int8_t *group = qx + (c * 8 + j) * 32;
+                    arranged[c * 256 + v * 64 + j * 4 + t] = group[4 * v + t];           /* low nibbles */
+                    arranged[c * 256 + v * 64 + 32 + j * 4 + t] = group[16 + 4 * v + t]; /* high nibbles */
+                }
+    if (quad) /* the same for four groups, each 16 bytes written twice (both rows of a pair read them) */
+        for (int v = 0; v < 4; v++)
+            for (int j = 0; j < 4; j++)
+                for (int t = 0; t < 4; t++)
+                    for (int half = 0; half < 2; half++) {
+                        const int8_t *group = qx + (chunked + j) * 32;
+                        int8_t *to = arranged + chunked * 32 + v * 64 + half * 16 + j * 4 + t;
+                        to[0] = group[4 * v + t], to[32] = group[16 + 4 * v + t];
+                    }
+}
+
+/* Rows begin ... end - 1 of the product, from prepared activations (one thread's share), two rows at a time. */
+void pg_w4a8_rows(const int8_t *qx, const int8_t *arranged, const float *sx, const float *block_sums,
+                  const uint8_t *rows, float *y, int64_t begin, int64_t end, int64_t k) {
+    int64_t groups = k / 32, chunked = groups / 8 * 8, quad = groups % 8 >= 4, row_bytes = 4 * groups + k / 2;
+    int64_t plain = chunked + 4 * quad; /* the first group in the plain order */
+    /* the next line to ask for: each line of the rows once, AHEAD bytes before it is read (two rows' loads jump
+     * between them; asking for each row's own lines ahead left a third of the lines to the hardware, and the
+     * step's products were about 10 % slower that way) */
+    const uint8_t *ahead = rows + begin * row_bytes + AHEAD;
+    for (int64_t r = begin; r < end; r += 2) {
+        int64_t b = r + 1 < end ? r + 1 : r; /* the pair's second row (the first again for an odd last row) */
+        const uint16_t *scales_a = (const uint16_t *)(rows + r * row_bytes), *mins_a = scales_a + groups;
+        const uint16_t *scales_b = (const uint16_t *)(rows + b * row_bytes), *mins_b = scales_b + groups;
+        const uint8_t *wa = (const uint8_t *)(mins_a + groups), *wb = (const uint8_t *)(mins_b + groups);
+        __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps(), ends = _mm256_setzero_ps();
+        for (int64_t g = 0; g < chunked; g += 8) {
+            for (int i = 0; i < 4; i++, ahead += 64) _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            acc_a = chunk(acc_a, wa + g * 16, arranged + g * 32, scales_a + g, mins_a + g, sx + g, block_sums + g);
+            if (b != r)
+                acc_b = chunk(acc_b, wb + g * 16, arranged + g * 32, scales_b + g, mins_b + g, sx + g, block_sums + g);
         }
-        __m128 acc4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        for (; g + 4 <= groups; g += 4) { /* four groups: the same with half vectors */
-            __m256i d01 = two_groups_dot(row + g * 16, paired + g * 32);
-            __m256i d23 = two_groups_dot(row + g * 16 + 32, paired + g * 32 + 64);
-            __m256i sums = _mm256_hadd_epi32(d01, d23);  /* pairs of partial sums of groups 0 2 | 1 3 */
-            sums = _mm256_hadd_epi32(sums, sums);         /* groups 0 2 0 2 | 1 3 1 3 */
-            __m128 dots = _mm_cvtepi32_ps(_mm_unpacklo_epi32(_mm256_castsi256_si128(sums),
-                                                             _mm256_extracti128_si256(sums, 1))); /* 0 1 2 3 */
-            __m128 scale = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(row_scales + g)));
-            __m128 low = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(row_mins + g)));
-            acc4 = _mm_fmadd_ps(_mm_mul_ps(dots, _mm_loadu_ps(sx + g)), scale, acc4);
-            acc4 = _mm_fmadd_ps(low, _mm_loadu_ps(block_sums + g), acc4);
+        if (quad)
+            ends = quads(wa + chunked * 16, wb + chunked * 16, arranged + chunked * 32, scales_a + chunked,
+                         scales_b + chunked, mins_a + chunked, mins_b + chunked, sx + chunked, block_sums + chunked);
+        float total_a = sum_lanes(acc_a) + sum_half(ends, 0), total_b = sum_lanes(acc_b) + sum_half(ends, 1);
+        for (int64_t g = plain; g < groups; g++) {
+            total_a += plain_group(wa + g * 16, qx + g * 32, sx[g], block_sums[g], scales_a[g], mins_a[g]);
+            total_b += plain_group(wb + g * 16, qx + g * 32, sx[g], block_sums[g], scales_b[g], mins_b[g]);
         }
-        acc4 = _mm_hadd_ps(acc4, acc4);
-        float total = _mm_cvtss_f32(_mm_hadd_ps(acc4, acc4));
-        for (; g < groups; g++) { /* the last one to three groups, one by one */
-            __m128i bytes = _mm_loadu_si128((const __m128i *)(row + g * 16)), nibble = _mm_set1_epi8(0x0F);
-            __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), nibble), _mm_and_si128(bytes, nibble));
-            __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(qx + g * 32))),
-                                          _mm256_set1_epi16(1));
-            __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
-            d4 = _mm_hadd_epi32(d4, d4);
-            total += _mm_cvtsi128_si32(_mm_hadd_epi32(d4, d4)) * sx[g] * _cvtsh_ss(row_scales[g])
-                     + _cvtsh_ss(row_mins[g]) * block_sums[g];
-        }
-        y[r] = total;
+        y[r] = total_a;
+        if (b != r) y[b] = total_b;
+        for (; ahead < rows + (b + 1) * row_bytes + AHEAD; ahead += 64) _mm_prefetch((const char *)ahead, _MM_HINT_T0);
     }
+}
+
+void pg_gemv_w4a8(const float *x, const uint8_t *rows, float *y, int64_t n, int64_t k, int threads) {
+    int64_t groups = k / 32;
+    int8_t qx[k], arranged[2 * k];
+    float sx[groups], block_sums[groups];
+    pg_w4a8_prepare(x, k, qx, arranged, sx, block_sums);
+#pragma omp parallel num_threads(threads)
+    pg_w4a8_rows(qx, arranged, sx, block_sums, rows, y, SHARE_BEGIN(n), SHARE_END(n), k);
+}
+
+/* ---- greedy decoding's argmax: the index of the first largest value, a NaN counting as larger than any (as in
+ * torch.argmax). torch walks a long row one value at a time; here each thread takes a share of the row, eight
+ * values at a time. ---- */
+
+/* The first NaN of x[begin ... end - 1] if there is one, else its first largest value; -1 for an empty share. */
+static int64_t first_largest(const float *x, int64_t begin, int64_t end) {
+    __m256 best = _mm256_set1_ps(-INFINITY);
+    int unordered = 0;
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        unordered |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        best = _mm256_max_ps(best, v);
+    }
+    float largest = -INFINITY;
+    for (int j = 0; j < 8; j++) largest = best[j] > largest ? best[j] : largest;
+    for (; i < end; i++) {
+        unordered |= x[i] != x[i];
+        largest = x[i] > largest ? x[i] : largest;
+    }
+    for (int64_t j = begin; j < end; j++)
+        if (unordered ? x[j] != x[j] : x[j] == largest) return j;
+    return -1;
+}
+
+int64_t pg_argmax(const float *x, int64_t n, int threads) {
+    int64_t found[threads];
+    for (int t = 0; t < threads; t++) found[t] = -1;
+#pragma omp parallel num_threads(threads)
+    found[omp_get_thread_num()] = first_largest(x, SHARE_BEGIN(n), SHARE_END(n));
+    int64_t best = -1; /* the shares in order: a later one wins with a strictly larger value, or the first NaN */
+    for (int t = 0; t < threads; t++) {
+        int64_t f = found[t];
+        if (f < 0 || (best >= 0 && x[best] != x[best])) continue;
+        if (best < 0 || x[f] != x[f] || x[f] > x[best]) best = f;
+    }
+    return best;
 }

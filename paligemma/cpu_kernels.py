@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
+SOURCES = [SOURCE, SOURCE.with_name("decode_step.c")]  # (decode_step.c: native_decoding's whole-token step)
+HEADER = SOURCE.with_name("cpu_kernels.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC"]
 VNNI_FLAGS = ["-mavx512vnni", "-mavx512vl"]  # added where the CPU has them: byte products in one instruction
 BLOCK = 32  # every kernel takes rows whose length is a multiple of this (and int8 activations use blocks of it)
@@ -65,17 +67,18 @@ def _build(flags: list[str]) -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in [*SOURCES, HEADER])
     digest = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
     library = cache_folder() / f"cpu_kernels-{digest}.so"
     if not library.exists():
         library.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # build beside it, then rename: two
             built = Path(scratch) / library.name                         # processes never see half a file
-            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True,
-                                    text=True)
+            result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-lm", "-o", str(built)],
+                                    capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[:500]}")
+                raise RuntimeError(f"{compiler} could not build {' and '.join(p.name for p in SOURCES)}: "
+                                   f"{result.stderr.strip()[:500]}")
             os.replace(built, library)
     loaded = ctypes.CDLL(str(library))  # after `import torch`: its libgomp is the one this library links to
     pointer, size, threads = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -85,6 +88,8 @@ def _build(flags: list[str]) -> ctypes.CDLL:
     loaded.pg_quantize_blocks.argtypes = [pointer, pointer, pointer, size]
     loaded.pg_gemv_w8a8.argtypes = [pointer, pointer, pointer, pointer, size, size, threads]
     loaded.pg_gemv_w4a8.argtypes = [pointer, pointer, pointer, size, size, threads]
+    loaded.pg_argmax.argtypes, loaded.pg_argmax.restype = [pointer, size, threads], size
+    loaded.pg_decode_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, pointer, threads]
     return loaded
 
 
@@ -206,6 +211,16 @@ def gemv_w4a8(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     row its k / 32 float16 scales, its k / 32 float16 minimums, then its nibbles; x rounded like gemv_w8a8.
     Float32 (1, n)."""
     return torch.ops.paligemma_cpu.gemv_w4a8(x, rows)
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor | None:
+    """logits.argmax(-1) of float32 CPU rows (B, V) through pg_argmax (the first largest; the first NaN), or None
+    where the kernels cannot take them (torch's argmax is the caller's fallback)."""
+    if not (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
+            and logits.is_contiguous()) or (not _STATE and torch.compiler.is_compiling()) or _library() is None:
+        return None
+    argmax, threads = _STATE["library"].pg_argmax, torch.get_num_threads()
+    return torch.tensor([argmax(row.data_ptr(), row.shape[0], threads) for row in logits], device=logits.device)
 
 
 def quantize_blocks(x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from .sampling import check_sampling_arguments, filter_logits, next_tokens
-from .static_decoding import default_compile_options, generate_static
+from .static_decoding import NATIVE, default_compile_options, generate_static
 
 __all__ = ["generate", "generate_tokens", "filter_logits", "next_tokens", "check_sampling_arguments", "cut_at_eos",
            "eos_token_list"]
@@ -20,14 +20,16 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                     eos_token_id=_FROM_CONFIG, seed: int | None = None,
                     on_step: Callable[[torch.Tensor], None] | None = None, static: bool = False,
-                    compile: bool | dict = False) -> torch.Tensor:
+                    compile: bool | dict | str = False) -> torch.Tensor:
     """Generate up to `max_new_tokens` after each prompt; returns only the new tokens, (B, n_new).
 
     Rows that produced `eos_token_id` are padded with the pad token afterwards (as transformers does);
     the loop stops when every row has finished. `eos_token_id=None` never stops early.
     `on_step(tokens)` is called with each step's (B,) tokens, e.g. to stream text.
     `static=True` decodes through a preallocated cache with fixed shapes; `compile=True` (or a dict of
-    torch.compile options) also compiles that step — CUDA graphs on a GPU. Same tokens as the eager loop.
+    torch.compile options) also compiles that step — CUDA graphs on a GPU. `compile="native"` runs each step
+    through our C decode step instead (`native_decoding`: one row, CPU, float32 or quantized models). The same
+    tokens as the eager loop (up to float rounding, for "native").
     """
     check_sampling_arguments(do_sample, temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -53,10 +55,12 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
     if seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
 
+    if isinstance(compile, str) and compile != NATIVE:
+        raise ValueError(f"compile must be True, False, a dict of torch.compile options or {NATIVE!r}, got {compile!r}")
     if static or compile:
         options = None
         if compile:
-            options = compile if isinstance(compile, dict) else default_compile_options(input_ids.device)
+            options = compile if isinstance(compile, (dict, str)) else default_compile_options(input_ids.device)
         return generate_static(model, input_ids, pixel_values, attention_mask, max_new_tokens, do_sample,
                                temperature, top_k, top_p, eos_ids, pad_id, generator, options, on_step)
     if bool(attention_mask.all()):  # no padding: decode steps need no mask at all
@@ -96,11 +100,12 @@ def eos_token_list(eos_token_id, vocab_size: int) -> list[int]:
 def generate(model, processor, images, prompts, max_new_tokens: int = 32, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, on_token: Callable[[list[str]], None] | None = None,
-             compile: bool = False) -> list[str]:
+             compile: bool | str = False) -> list[str]:
     """Images + prompts -> answers, one string per prompt.
 
     `on_token(pieces)` streams: after every step it receives, for each prompt, the text added by that step.
-    `compile=True` decodes with the compiled fixed-shape step (same answers; faster after a warm-up).
+    `compile=True` decodes with the compiled fixed-shape step (same answers; faster after a warm-up);
+    `compile="native"` with our C decode step (one prompt, on a CPU; see `generate_tokens`).
     """
     if isinstance(prompts, str):
         prompts = [prompts]

@@ -61,6 +61,20 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.
     return q.view(out_features, in_features), scale, low
 
 
+def int4_byte_order(groups: int) -> torch.Tensor:
+    """Where the kernel wants each byte of a row's nibbles: order[i] is the plain-order byte (16 per group, byte b
+    of group g at 16g + b) stored at position i. Each run of eight groups is transposed in 4-byte words (word v of
+    groups 0 ... 7, then word v + 1 ...), so a 32-bit lane of the kernel's loads meets one group only; a last
+    run of four groups likewise (in 16-byte loads); groups past that stay in plain order (cpu_kernels.c)."""
+    order, start = [], 0
+    for run in [8] * (groups // 8) + [4] * (groups % 8 >= 4):
+        words = torch.arange(start * 4, (start + run) * 4).view(run, 4).T.reshape(-1)  # (4 * run,) plain words
+        order.append((words[:, None] * 4 + torch.arange(4)).reshape(-1))  # their bytes
+        start += run
+    order.append(torch.arange(start * 16, groups * 16))
+    return torch.cat(order)
+
+
 class QuantizedLinear(nn.Module):
     """What the quantized layers share: a decode step's row through the layer's kernel, a few rows through it one
     by one, longer inputs (a prompt) times float32 weights dequantized DEQUANTIZED_ROWS rows at a time.
@@ -131,7 +145,8 @@ class Int4Linear(QuantizedLinear):
 
     Like Int8DynamicLinear, the activations are rounded to int8 per block of 32 (`cpu_kernels.quantize_blocks`),
     so a decode step runs in integers (`cpu_kernels.gemv_w4a8`). Two weights share a byte: in each group of 32,
-    weight j (< 16) is the low nibble of byte j, weight 16 + j the high one, the layout the kernel unpacks.
+    weight j (< 16) is the low nibble of byte j, weight 16 + j the high one; the bytes of a row are then stored in
+    the order the kernel reads them (`int4_byte_order`).
     Everything is stored in one tensor, `rows`, one row per output: its scales, its minimums, then its nibbles, so
     the kernel reads one stream and a compiled decode step takes one tensor per layer.
     """
@@ -146,6 +161,7 @@ class Int4Linear(QuantizedLinear):
         q, scale, low = quantize_int4(linear.weight, group)
         pairs = q.view(self.out_features, -1, 2, group // 2)  # (out, groups, low/high half, 16)
         nibbles = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(self.out_features, -1)  # (out, in / 2)
+        nibbles = nibbles[:, int4_byte_order(self.groups)]  # in the order the kernel reads them
         # (out, 2 * groups + 2 * groups + in / 2) bytes: float16 scales, float16 minimums, nibbles
         self.register_buffer("rows", torch.cat([scale.view(torch.uint8), low.view(torch.uint8), nibbles], 1))
         self.bias = None
@@ -166,7 +182,7 @@ class Int4Linear(QuantizedLinear):
 
     @property
     def packed(self) -> torch.Tensor:
-        """(out, in / 2) uint8, two weights a byte, a view into `rows`."""
+        """(out, in / 2) uint8, two weights a byte, in the kernel's order (`int4_byte_order`): a view into `rows`."""
         return self.rows[:, 4 * self.groups:]
 
     @property
@@ -178,7 +194,9 @@ class Int4Linear(QuantizedLinear):
 
     def unpacked(self, rows: slice = slice(None)) -> torch.Tensor:
         """q (rows, in) as uint8 values 0 ... 15, back from the nibbles."""
-        packed = self.packed[rows].reshape(-1, self.groups, 1, self.group // 2)
+        plain = torch.empty_like(self.packed[rows])
+        plain[:, int4_byte_order(self.groups)] = self.packed[rows]  # back to 16 bytes a group, in order
+        packed = plain.reshape(-1, self.groups, 1, self.group // 2)
         return torch.cat([packed & 15, packed >> 4], 2).view(-1, self.in_features)
 
     def dequantized(self, rows: slice = slice(None)) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_kernels
+
 
 def check_sampling_arguments(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Reject settings that would be ignored or break sampling, with the reason."""
@@ -42,12 +44,16 @@ def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """logits.argmax(-1), the same indices (the first of equal maxima; the first NaN), from two short passes.
 
     On a CPU torch's argmax walks a long row one value at a time: for Gemma's 262144 logits it took 0.25-0.5 ms
-    here, 15-25 times its max and up to a twentieth of a quantized decode step. So: the largest value of each block of
-    ARGMAX_BLOCK, the first block holding the row's largest, then the first largest inside that block. (B, V) -> (B,).
+    here, 15-25 times its max and up to a twentieth of a quantized decode step. So: our kernel's argmax
+    (`cpu_kernels.argmax_rows`) where it is built; else the largest value of each block of ARGMAX_BLOCK, the first
+    block holding the row's largest, then the first largest inside that block. (B, V) -> (B,).
     """
     batch, vocab = logits.shape
     if vocab < 64 * ARGMAX_BLOCK or logits.device.type != "cpu":  # short rows: the extra calls would cost more
         return logits.argmax(-1)
+    found = cpu_kernels.argmax_rows(logits)  # our C loop, where it is built: one pass, both threads
+    if found is not None:
+        return found
     whole = vocab - vocab % ARGMAX_BLOCK
     maxima = logits[:, :whole].reshape(batch, -1, ARGMAX_BLOCK).amax(-1)  # (B, whole / block); NaN stays NaN
     if whole < vocab:  # the shorter last block

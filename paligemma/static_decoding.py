@@ -23,6 +23,7 @@ import torch
 from .kv_cache import KVCache
 from .sampling import next_tokens
 
+NATIVE = "native"  # compile="native": the step runs in C (native_decoding), not through torch.compile
 EOS_CHECK_EVERY = 16  # steps between host checks of "has every row finished?" (each check syncs)
 KEPT_CACHES = 2  # preallocated caches a model keeps between compiled calls (least recently used dropped)
 _MODEL_LOCKS = threading.Lock()  # guards the creation of each model's own lock
@@ -121,7 +122,7 @@ def default_compile_options(device: torch.device) -> dict:
 
 def generate_static(model, input_ids, pixel_values, attention_mask, max_new_tokens: int, do_sample: bool,
                     temperature: float, top_k, top_p, eos_ids: torch.Tensor, pad_id: int,
-                    generator: torch.Generator | None, compile_options: dict | None,
+                    generator: torch.Generator | None, compile_options: dict | str | None,
                     on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """The same tokens as `generate_tokens`' eager loop, through the fixed-shape decode step."""
     is_paligemma = hasattr(model, "vision_tower")
@@ -130,6 +131,9 @@ def generate_static(model, input_ids, pixel_values, attention_mask, max_new_toke
     if total > language_model.config.max_position_embeddings:
         raise ValueError(f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_position_embeddings={language_model.config.max_position_embeddings}")
+    if compile_options == NATIVE:
+        from .native_decoding import check_native_request  # (it builds on this module's loop)
+        check_native_request(language_model, input_ids.shape[0])
     if compile_options is None:
         return _decode(model, language_model, input_ids, pixel_values, attention_mask, max_new_tokens, do_sample,
                        temperature, top_k, top_p, eos_ids, pad_id, generator, None, on_step, total)
@@ -154,7 +158,13 @@ def _decode(model, language_model, input_ids, pixel_values, attention_mask, max_
         if new_buffers and compile_options is not None and device.type == "cuda":
             mark_static_buffers(kv_cache)
 
-        step = decode_step if compile_options is None else compiled_decode_step(language_model, compile_options)
+        if compile_options is None:
+            step = decode_step
+        elif compile_options == NATIVE:
+            from .native_decoding import NativeDecodeStep
+            step = NativeDecodeStep(language_model, kv_cache)  # (after the prefill: the cache's buffers exist)
+        else:
+            step = compiled_decode_step(language_model, compile_options)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         key_mask = torch.zeros(batch, cache_length, dtype=torch.bool, device=device)  # (B, L): False past the end
         key_mask[:, :prompt_length] = mask.bool()
@@ -165,26 +175,29 @@ def _decode(model, language_model, input_ids, pixel_values, attention_mask, max_
         out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
         any_alive = torch.ones(max_new_tokens, dtype=torch.bool, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        can_finish = bool(eos_ids.numel())  # without end-of-sequence tokens no row finishes: no bookkeeping
         for t in range(max_new_tokens):
             tokens = next_tokens(logits, do_sample, temperature, top_k, top_p, generator)
-            tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
+            if can_finish:
+                tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
             out[:, t] = tokens
             if on_step is not None:
                 on_step(tokens)
-            finished |= torch.isin(tokens, eos_ids)
-            any_alive[t] = ~finished.all()
+            if can_finish:
+                finished |= torch.isin(tokens, eos_ids)
+                any_alive[t] = ~finished.all()
             if t == max_new_tokens - 1:
                 break
-            if eos_ids.numel() and (t + 1) % EOS_CHECK_EVERY == 0 and not bool(any_alive[t]):
+            if can_finish and (t + 1) % EOS_CHECK_EVERY == 0 and not bool(any_alive[t]):
                 break
-            if device.type == "cuda" and compile_options is not None:
+            if device.type == "cuda" and compile_options not in (None, NATIVE):
                 torch.compiler.cudagraph_mark_step_begin()
             logits = _run_step(step, language_model, tokens[:, None], position_ids, cache_position, key_mask,
                                kv_cache)
             kv_cache.advance(1)
             position_ids += 1
             cache_position += 1
-    if not eos_ids.numel():
+    if not can_finish:
         return out
     # keep the steps up to (and including) the one where the last row finished, as the eager loop does
     n_steps = int((~any_alive).nonzero()[0]) + 1 if bool((~any_alive).any()) else max_new_tokens

@@ -31,10 +31,11 @@ def encode_prompts(tokenizer: Tokenizer, prompts: list[str], pad_id: int) -> tup
 def generate_text(model, tokenizer: Tokenizer, prompts: str | list[str], max_new_tokens: int = 64,
                   do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, seed: int | None = None,
-                  on_token: Callable[[list[str]], None] | None = None, compile: bool = False) -> list[str]:
+                  on_token: Callable[[list[str]], None] | None = None, compile: bool | str = False) -> list[str]:
     """Continue each prompt; returns the new text of each (stopped at the model's end token).
 
     `on_token(pieces)` streams, as in `paligemma.generate`: after each step, the text each prompt gained.
+    `compile` as in `generate_tokens` (True, or "native" for our C decode step).
     """
     if isinstance(prompts, str):
         prompts = [prompts]

@@ -97,8 +97,9 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     report = json.loads(out.read_text())
     expected = {"ours float32", "ours bfloat16", "ours int8", "ours int8-dynamic", "ours int4",
                 "transformers float32", "transformers bfloat16"}
-    if cpu_kernels.available():  # ours bfloat16 runs on our kernels; torch's are timed beside them
-        expected.add("ours bfloat16, torch's kernels")
+    if cpu_kernels.available():  # ours bfloat16 runs on our kernels; torch's are timed beside them; and the
+        expected.add("ours bfloat16, torch's kernels")  # quantized modes through our C decode step too
+        expected |= {"ours int8, native step", "ours int8-dynamic, native step", "ours int4, native step"}
     assert set(report["results"]) == expected
     for name, row in report["results"].items():
         assert row["prefill_ms"] > 0 and row["bytes_per_token"] > 0 and row["bound_tokens_per_s"] > 0, name
@@ -110,6 +111,10 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     assert weights["ours int4"] < weights["ours int8"] < weights["ours bfloat16"]
     assert set(report["quality"]) == {"float32", "bfloat16", "int8", "int8-dynamic", "int4"}
     assert report["quality"]["float32"]["greedy_tokens_equal_to_float32"] == [64, 64, 64]
+    for mode in ("int8", "int8-dynamic", "int4"):  # the native step's own agreement, where it ran
+        agreement = report["quality"][mode].get("greedy_tokens_equal_to_float32_native_step")
+        assert (agreement is not None) == cpu_kernels.available()
+        assert agreement is None or (len(agreement) == 3 and all(0 <= n <= 64 for n in agreement))
     f32 = report["quality"]["float32"]  # the cached decode path scores the text as one long call does
     assert f32["perplexity_token_by_token"] == pytest.approx(f32["perplexity"], rel=1e-4)
     assert report["bandwidth_gb_per_s"] > 0 and report["threads"] == 1
@@ -119,6 +124,7 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     table = capsys.readouterr().out
     assert f"({report['cpu']})" in table
     assert "ours int8" in table and "of bound" in table and "perplexity" in table and "memory GB" in table
+    assert ("native step [" in table) == cpu_kernels.available()
 
 
 def test_real_model_benchmark_refuses_a_missing_file_in_one_line(tmp_path, capsys):

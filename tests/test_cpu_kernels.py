@@ -78,12 +78,29 @@ def test_w8a8_kernel_rounds_the_activations_per_block_then_multiplies_exactly(n,
     assert bool(((got.double() - reference).abs() <= bound + 1e-30).all())
 
 
-def random_int4(n, k, seed):
+def kernel_order_by_hand(plain: torch.Tensor) -> torch.Tensor:
+    """Nibble bytes (n, groups * 16) in plain order -> the order cpu_kernels.c documents: per run of eight groups,
+    for each 4-byte word v, that word of groups 0 ... 7; a last run of four groups the same; then plain groups."""
+    n, groups = plain.shape[0], plain.shape[1] // 16
+    by_group = plain.view(n, groups, 4, 4)  # (n, group, word, byte)
+    pieces, g = [], 0
+    while groups - g >= 4:
+        run = 8 if groups - g >= 8 else 4
+        for word in range(4):
+            for j in range(run):
+                pieces.append(by_group[:, g + j, word])  # (n, 4)
+        g += run
+    pieces += [by_group[:, j].reshape(n, 16) for j in range(g, groups)]
+    return torch.cat(pieces, 1)
+
+
+def random_int4(n, k, seed, q=None):
     """Random 4-bit levels (n, k), float16 scales and minimums per group, and the rows gemv_w4a8 reads."""
     generator = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=generator)
+    if q is None:
+        q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=generator)
     by_group = q.view(n, k // 32, 32)  # in each group of 32: weights 0-15 in the low nibbles, 16-31 in the high
-    packed = (by_group[..., :16] | (by_group[..., 16:] << 4)).reshape(n, k // 2)
+    packed = kernel_order_by_hand((by_group[..., :16] | (by_group[..., 16:] << 4)).reshape(n, k // 2))
     scales = (torch.rand(n, k // 32, generator=generator) * 0.1 + 1e-3).half()
     mins = (torch.randn(n, k // 32, generator=generator) * 0.5).half()
     rows = torch.cat([scales.view(torch.uint8), mins.view(torch.uint8), packed], 1)  # each row: scales, mins, nibbles
@@ -91,7 +108,7 @@ def random_int4(n, k, seed):
 
 
 INT4_SHAPES = [(1, 32), (3, 64), (5, 96), (7, 128), (9, 160), (11, 256), (13, 288), (100, 416), (257, 640),
-               (1027, 2048), (64, 1056)]  # every mix of the kernel's 8-, 4- and 1-group steps
+               (1027, 2048), (64, 1056)]  # every mix of the kernel's 8-, 4- and 1-group steps, odd and even rows
 
 
 @pytest.mark.parametrize("n, k", INT4_SHAPES)
@@ -110,13 +127,25 @@ def test_w4a8_kernel_rounds_the_activations_per_block_then_multiplies_exactly(n,
     assert bool(((got.double() - reference).abs() <= magnitude * (k // 32 + 4) * 2 ** -23 + 1e-30).all())
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_w4a8_kernel_holds_the_largest_integer_sums(sign):
+    """Every weight 15, every activation rounded to +-127: the largest sums a lane collects (the AVX2 build keeps
+    them in int16 until the end: 16 products of 15 * 127 = 30480, just under 32767)."""
+    n, k = 9, 1056
+    q, scales, mins, rows = random_int4(n, k, seed=1, q=torch.full((n, k), 15, dtype=torch.uint8))
+    x = torch.full((1, k), 3.0 * sign)
+    weights = (q.view(n, -1, 32).double() * scales.double()[..., None] + mins.double()[..., None]).view(n, k)
+    reference = blocks_rounded_by_hand(x) @ weights.T
+    torch.testing.assert_close(cpu_kernels.gemv_w4a8(x, rows).double(), reference, rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.skipif(not cpu_kernels.has_vnni(), reason="this CPU has no AVX-512 VNNI: only one build to test")
 def test_the_vnni_build_gives_the_same_numbers_as_the_avx2_build(tmp_path, monkeypatch):
     monkeypatch.setenv("PALIGEMMA_CACHE", str(tmp_path))
     builds = [cpu_kernels._build(cpu_kernels.build_flags(vnni=True)), cpu_kernels._build(cpu_kernels.FLAGS)]
-    for n, k in [(257, 640), (64, 1056), (1027, 2048)]:
-        x = torch.randn(1, k)
-        *_, rows = random_int4(n, k, seed=k)
+    for n, k, largest in [(257, 640, False), (64, 1056, False), (1027, 2048, False), (9, 1056, True)]:
+        x = torch.full((1, k), -3.0) if largest else torch.randn(1, k)
+        *_, rows = random_int4(n, k, seed=k, q=torch.full((n, k), 15, dtype=torch.uint8) if largest else None)
         qweight, row_scales = random_int8(n, k, seed=k)
         outputs = []
         for library in builds:

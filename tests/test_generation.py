@@ -5,6 +5,7 @@ import torch
 
 from conftest import hf_gemma_twin, hf_paligemma_twin, make_gemma, make_paligemma, random_images
 from paligemma.generation import filter_logits, generate_tokens
+from paligemma import cpu_kernels
 from paligemma.sampling import ARGMAX_BLOCK, greedy_tokens
 
 transformers = pytest.importorskip("transformers")
@@ -107,8 +108,15 @@ def test_gemma_rejects_pixel_values():
         make_gemma().generate(torch.tensor([[2, 5]]), pixel_values=random_images(1))
 
 
-@pytest.mark.parametrize("vocab", [64 * ARGMAX_BLOCK, 262144, 257216, 100])  # whole blocks, a short last block, tiny
-def test_greedy_tokens_picks_what_argmax_picks_ties_nan_and_infinities_included(vocab):
+@pytest.mark.parametrize("path", ["our kernel", "blocks"])
+@pytest.mark.parametrize("vocab", [64 * ARGMAX_BLOCK, 262144, 257219, 100])  # whole blocks, a short last block, tiny
+def test_greedy_tokens_picks_what_argmax_picks_ties_nan_and_infinities_included(vocab, path, monkeypatch):
+    if path == "blocks":
+        monkeypatch.setattr(cpu_kernels, "argmax_rows", lambda logits: None)
+    elif not cpu_kernels.available():
+        pytest.skip(f"the kernels are not built here: {cpu_kernels.unavailable_reason()}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the kernel splits a row between threads: shares of 87,381 or 87,382 of 262144
     generator = torch.Generator().manual_seed(vocab)
     logits = torch.randn(6, vocab, generator=generator)
     logits[1, [7, vocab // 2, vocab - 1]] = 50.0  # ties: the first one wins
@@ -116,8 +124,16 @@ def test_greedy_tokens_picks_what_argmax_picks_ties_nan_and_infinities_included(
     logits[3, [vocab // 3, vocab - 2]] = float("nan")  # a NaN counts as the largest, the first one
     logits[4] = float("-inf")  # all -inf: column 0
     logits[5, ARGMAX_BLOCK - 1: ARGMAX_BLOCK + 1] = 70.0  # equal maxima straddling two blocks
-    assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
-    assert greedy_tokens(logits)[1] == 7
-    for seed in range(20):  # and random rows, repeated values included
-        rows = torch.randint(-3, 4, (3, vocab), generator=torch.Generator().manual_seed(seed)).float()
-        assert torch.equal(greedy_tokens(rows), rows.argmax(-1))
+    logits[5, vocab // 3 - 1: vocab // 3 + 2] = 70.0  # ... and straddling two threads' shares
+    try:
+        assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
+        assert greedy_tokens(logits)[1] == 7
+        nan_later = logits[:2].clone()
+        nan_later[0, vocab - 3] = float("nan")  # a NaN in the last share after a large value in the first
+        nan_later[1, [2, vocab - 3]] = float("nan")  # NaNs in two shares: the first one
+        assert torch.equal(greedy_tokens(nan_later), nan_later.argmax(-1))
+        for seed in range(20):  # and random rows, repeated values included
+            rows = torch.randint(-3, 4, (3, vocab), generator=torch.Generator().manual_seed(seed)).float()
+            assert torch.equal(greedy_tokens(rows), rows.argmax(-1))
+    finally:
+        torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .. import cpu_kernels
+from .. import cpu_kernels, native_decoding
 from ..gguf_loading import is_gguf, resolve_model_file
 from ..modeling_gemma import GemmaForCausalLM
 from ..quantization import MODES, quantize
@@ -104,6 +104,7 @@ def bytes_per_token(model) -> int:
 
 
 COMPILED_MODES = ("bfloat16", "int8", "int8-dynamic", "int4")  # also timed compiled (about a minute each)
+NATIVE_MODES = ("int8", "int8-dynamic", "int4")  # also timed through our C decode step (compile="native")
 TORCH_KERNELS = "bfloat16, torch's kernels"  # the bfloat16 model without our kernels, for comparison
 
 
@@ -145,6 +146,9 @@ def ours_candidates(path: Path, prompt_ids: torch.Tensor, modes: list[str], with
         if with_compile and mode in COMPILED_MODES:
             candidates[f"ours {mode}, compiled"] = lambda n, g=generate_n: g(n, compile=True)
             facts[f"ours {mode}, compiled"] = facts[f"ours {mode}"]
+        if mode in NATIVE_MODES and native_decoding.unsupported_reason(model) is None:
+            candidates[f"ours {mode}, native step"] = lambda n, g=generate_n: g(n, compile="native")
+            facts[f"ours {mode}, native step"] = facts[f"ours {mode}"]
     models.pop(TORCH_KERNELS, None)  # the quality report: one bfloat16 row (the kernels change only rounding)
     return candidates, facts, models
 
@@ -261,14 +265,21 @@ def quality_of(models: dict, tokenizer) -> dict:
         with torch.no_grad():
             perplexity = math.exp(model(input_ids=text, labels=text)["loss"].item())
         stepwise = token_by_token_perplexity(model, text)
-        agree = []
-        for prompt, expected in zip(prompts, reference):
-            got = model.generate(prompt, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None)[0]
-            differ = (got != expected).nonzero()
-            agree.append(int(differ[0]) if len(differ) else AGREEMENT_TOKENS)
+        agree = [_agreement(model.generate(prompt, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None)[0], expected)
+                 for prompt, expected in zip(prompts, reference)]
         report[mode] = {"perplexity": perplexity, "perplexity_token_by_token": stepwise,
                         "greedy_tokens_equal_to_float32": agree}
+        if mode in NATIVE_MODES and native_decoding.unsupported_reason(model) is None:  # the same mode through
+            report[mode]["greedy_tokens_equal_to_float32_native_step"] = [  # our C step: other roundings
+                _agreement(model.generate(prompt, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None,
+                                          compile="native")[0], expected) for prompt, expected in zip(prompts, reference)]
     return report
+
+
+def _agreement(got: torch.Tensor, expected: torch.Tensor) -> int:
+    """How many tokens come before the first difference."""
+    differ = (got != expected).nonzero()
+    return int(differ[0]) if len(differ) else len(expected)
 
 
 def token_by_token_perplexity(model, ids: torch.Tensor) -> float:

@@ -72,6 +72,8 @@ def format_real_table(report: dict) -> str:
         lines.append("quality: perplexity on a fixed English paragraph, in one call and token by token (the decode "
                      "path); greedy tokens equal to float32's before the first difference, per prompt")
         for mode, q in report["quality"].items():
+            native = q.get("greedy_tokens_equal_to_float32_native_step")
             lines.append(f"  {mode:18} perplexity {q['perplexity']:7.3f} / {q['perplexity_token_by_token']:7.3f}"
-                         f"   equal tokens {q['greedy_tokens_equal_to_float32']}")
+                         f"   equal tokens {q['greedy_tokens_equal_to_float32']}"
+                         + (f", native step {native}" if native is not None else ""))
     return "\n".join(lines)

@@ -1,0 +1,12 @@
+/* What decode_step.c takes from cpu_kernels.c: each product as its rows begin ... end - 1 (one thread's share),
+ * and the rounding of the activations that the W8A8 and W4A8 products start from. */
+#include <stdint.h>
+
+void pg_f32_rows(const float *x, const float *w, float *y, int64_t begin, int64_t end, int64_t k);
+void pg_int8_rows(const float *x, const int8_t *q, const float *s, float *y, int64_t begin, int64_t end, int64_t k);
+void pg_quantize_blocks(const float *x, int8_t *qx, float *sx, int64_t k);
+void pg_w8a8_rows(const int8_t *qx, const float *sx, const int8_t *q, const float *s, float *y, int64_t begin,
+                  int64_t end, int64_t k);
+void pg_w4a8_prepare(const float *x, int64_t k, int8_t *qx, int8_t *arranged, float *sx, float *block_sums);
+void pg_w4a8_rows(const int8_t *qx, const int8_t *arranged, const float *sx, const float *block_sums,
+                  const uint8_t *rows, float *y, int64_t begin, int64_t end, int64_t k);
