@@ -118,6 +118,8 @@ def test_real_model_benchmark_runs_end_to_end_on_a_tiny_gguf(tmp_path, capsys):
     f32 = report["quality"]["float32"]  # the cached decode path scores the text as one long call does
     assert f32["perplexity_token_by_token"] == pytest.approx(f32["perplexity"], rel=1e-4)
     assert report["bandwidth_gb_per_s"] > 0 and report["threads"] == 1
+    readings = report["bandwidth_readings_gb_per_s"]  # before, between the rounds (one here), after
+    assert len(readings) == 3 and report["bandwidth_gb_per_s"] == max(readings)
     kernels = ("AVX2 + AVX-512 VNNI" if cpu_kernels.has_vnni() else "AVX2") if cpu_kernels.available() else "none"
     assert report["cpu"] == f"torch {torch.backends.cpu.get_cpu_capability()}, our kernels {kernels}"
     assert cpu_kernels.kernel_build() == (None if kernels == "none" else kernels)

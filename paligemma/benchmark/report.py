@@ -47,7 +47,10 @@ def format_real_table(report: dict) -> str:
     llama = (results.get("llama.cpp") or {}).get("decode_tokens_per_s")
     cpu = f" ({report['cpu']})" if report.get("cpu") else ""  # (older reports do not say)
     lines = [f"{report['model']} on {report['device']}{cpu}, prompt {report['prompt_tokens']} tokens, "
-             f"{report['new_tokens']} greedy tokens, memory bandwidth {report['bandwidth_gb_per_s']:.1f} GB/s",
+             f"{report['new_tokens']} greedy tokens, memory bandwidth {report['bandwidth_gb_per_s']:.1f} GB/s"
+             + (f" (the fastest of {len(report['bandwidth_readings_gb_per_s'])} readings, from "
+                f"{min(report['bandwidth_readings_gb_per_s']):.1f})" if report.get("bandwidth_readings_gb_per_s")
+                else ""),
              f"{'implementation':30} {'prefill ms':>10} {'decode tok/s':>13} {'vs transformers':>16} "
              f"{'vs llama.cpp':>13} {'GB/token':>9} {'of bound':>9} {'memory GB':>10}"]
     for name, row in results.items():

@@ -71,16 +71,19 @@ def wall_time(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def measure_all(candidates: dict[str, tuple[Callable[[int], object], int]], device: torch.device,
-                repeats: int) -> dict[str, dict]:
+                repeats: int, each_round: Callable[[], object] | None = None) -> dict[str, dict]:
     """Prefill = time to the first token; decode rate = the other n-1 tokens over the time they add.
 
     Runs are interleaved (every candidate once per round, medians kept) so that a slow spell of a
     shared machine slows all candidates alike instead of whichever happened to run then.
+    `each_round()`, if given, runs before every round (the real-model benchmark measures bandwidth there).
     """
     for generate_n, n in candidates.values():  # warm-up: allocations, compilation, CUDA graph capture
         generate_n(1), generate_n(n)
     times = {name: ([], []) for name in candidates}
     for _ in range(repeats):
+        if each_round is not None:
+            each_round()
         for name, (generate_n, n) in candidates.items():
             times[name][0].append(wall_time(lambda: generate_n(1), device))
             times[name][1].append(wall_time(lambda: generate_n(n), device))
