@@ -3,7 +3,8 @@
 A decode step multiplies one token's activations by every weight matrix once. torch's kernels for that shape
 are built for matrices, not vectors: they read bfloat16 and int8 weights at a fraction of memory speed (notebook
 14). The C file holds five short loops (float32, bfloat16, int8 weights; int8 and int4 weights with int8
-activations) that stream the rows faster.
+activations) that stream the rows faster, and greedy decoding's argmax over a long row. The same library holds
+`decode_step.c`, the whole decode step in C (`native_decoding`), built on those loops (`cpu_kernels.h`).
 
 The library is built once into a cache folder (`PALIGEMMA_CACHE`, else `~/.cache/paligemma`) and called through
 `ctypes`, wrapped as torch operators so `torch.compile` can keep them in its graph. Where it cannot be built (no C

@@ -6,7 +6,7 @@ token over memory bandwidth: halving the bytes can double the tokens per second.
 - "int8": int8 weights per output channel: for row $r$ of $W$, $s_r = \max_j |W_{rj}| / 127$ and
   $q_{rj} = \mathrm{round}(W_{rj} / s_r)$. Weight-only: the activations stay float32 and
   $x W^\top \approx (x\, q^\top) \odot s$. A decode step's single row runs through our own kernel
-  (`cpu_kernels.gemv_int8`, which reads the int8 rows at close to memory speed); long inputs (a prompt),
+  (`cpu_kernels.gemv_int8`, which reads the int8 rows faster than torch's product); long inputs (a prompt),
   and CPUs where the kernel cannot be built, multiply by float32 weights dequantized a chunk at a time.
 - "int8-dynamic": the same weights, and the activations are rounded to int8 too, on the fly, one scale per
   block of 32 values (`cpu_kernels.quantize_blocks`), so the products run in integers
@@ -133,7 +133,7 @@ class Int8Linear(QuantizedLinear):
         return self.out_features * self.in_features + self.scales.numel() * self.scales.element_size() + bias
 
     def one_row(self, row: torch.Tensor) -> torch.Tensor:
-        """A decode step (1, in): our kernel, reading the int8 rows at close to memory speed."""
+        """A decode step (1, in): our kernel, reading the int8 rows faster than torch's product."""
         return cpu_kernels.gemv_int8(row, self.qweight, self.scales)
 
     def extra_repr(self) -> str:

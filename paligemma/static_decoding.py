@@ -8,6 +8,7 @@ tensor — so the host never waits for the GPU except every `EOS_CHECK_EVERY` st
 Compiled calls round the cache length up to a power of two (`cache_bucket`), so a handful of
 compilations and caches serve prompts of every length; a model keeps at most `KEPT_CACHES`
 caches, and a lock makes concurrent compiled calls on one model take turns on them.
+`compile="native"` keeps this loop and cache and swaps the step for our C one (`native_decoding`).
 """
 
 from __future__ import annotations
