@@ -220,8 +220,9 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor | None:
     if not (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
             and logits.is_contiguous()) or (not _STATE and torch.compiler.is_compiling()) or _library() is None:
         return None
-    argmax, threads = _STATE["library"].pg_argmax, torch.get_num_threads()
-    return torch.tensor([argmax(row.data_ptr(), row.shape[0], threads) for row in logits], device=logits.device)
+    argmax, threads, (batch, vocab) = _STATE["library"].pg_argmax, torch.get_num_threads(), logits.shape
+    start, row_bytes = logits.data_ptr(), vocab * logits.element_size()
+    return torch.tensor([argmax(start + i * row_bytes, vocab, threads) for i in range(batch)])
 
 
 def quantize_blocks(x: torch.Tensor) -> torch.Tensor:

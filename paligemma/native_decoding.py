@@ -206,10 +206,23 @@ class NativeDecodeStep:
         self._function = cpu_kernels._library().pg_decode_step
 
     def __call__(self, language_model, tokens, position_ids, cache_position, key_mask, kv_cache) -> torch.Tensor:
-        """The torch step's arguments (tokens, position_ids (1, 1) int64, cache_position (1,), key_mask (1, L)
-        bool); float32 logits (1, vocab). The model and cache are the ones this step was built for."""
-        if tokens.shape[0] != 1:
-            raise ValueError(f"the native decode step takes one row, got {tokens.shape[0]}")
+        """The torch step's arguments (tokens, position_ids (1, 1), cache_position (1,), key_mask (1, L) bool);
+        float32 logits (1, vocab). The model and cache must be the ones this step was built for.
+
+        C trusts what it is given, so what could send it outside its buffers is checked here (a few µs)."""
+        if language_model is not self._model_itself or kv_cache is not self._cache:
+            raise ValueError("this NativeDecodeStep was built for another model or cache; build one for these")
+        slots = kv_cache.max_length
+        if tuple(tokens.shape) != (1, 1) or tuple(position_ids.shape) != (1, 1) or cache_position.numel() != 1 \
+                or tuple(key_mask.shape) != (1, slots) or key_mask.dtype != torch.bool:
+            raise ValueError(f"the native decode step takes one token: tokens and position_ids (1, 1), "
+                             f"cache_position (1,), a bool key_mask (1, {slots}); got {tuple(tokens.shape)}, "
+                             f"{tuple(position_ids.shape)}, {tuple(cache_position.shape)}, {tuple(key_mask.shape)} "
+                             f"{key_mask.dtype}")
+        token, slot, position = int(tokens), int(cache_position), int(position_ids)
+        if not (0 <= token < self.vocab and 0 <= slot < slots and position >= 0):
+            raise ValueError(f"token {token} must lie in [0, {self.vocab}), cache_position {slot} in [0, {slots}), "
+                             f"position {position} be >= 0")
         tokens, position_ids = tokens.long().contiguous(), position_ids.long().contiguous()
         cache_position, key_mask = cache_position.long().contiguous(), key_mask.contiguous()
         logits = torch.empty(1, self.vocab)

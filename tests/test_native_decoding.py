@@ -126,6 +126,25 @@ def test_native_decoding_refuses_what_it_cannot_run_with_the_reason():
     assert unsupported_reason(model) is None
 
 
+def test_native_step_checks_what_it_hands_to_c():
+    model = make_causal_lm("gemma2", seed=9, **SIZES)
+    cache = model.new_kv_cache(max_length=16)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[2, 5, 6]]), kv_cache=cache)
+    step = NativeDecodeStep(model, cache)
+    good = dict(tokens=torch.tensor([[7]]), position_ids=torch.tensor([[3]]), cache_position=torch.tensor([3]),
+                key_mask=torch.ones(1, 16, dtype=torch.bool))
+    assert step(model, kv_cache=cache, **good).shape == (1, 97)
+    for change, words in [(dict(tokens=torch.tensor([[97]])), "token 97 must lie in"),
+                          (dict(cache_position=torch.tensor([16])), "cache_position 16 in"),
+                          (dict(key_mask=torch.ones(1, 15, dtype=torch.bool)), "key_mask"),
+                          (dict(tokens=torch.tensor([[7, 8]])), "takes one token")]:
+        with pytest.raises(ValueError, match=words):
+            step(model, kv_cache=cache, **{**good, **change})
+    with pytest.raises(ValueError, match="another model or cache"):
+        step(model, kv_cache=model.new_kv_cache(max_length=16), **good)
+
+
 def test_native_step_without_kernels_says_why(monkeypatch):
     model = make_causal_lm("gemma", seed=8, **SIZES)
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
