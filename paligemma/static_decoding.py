@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import types
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ NATIVE = "native"  # compile="native": the step runs in C (native_decoding), not
 EOS_CHECK_EVERY = 16  # steps between host checks of "has every row finished?" (each check syncs)
 KEPT_CACHES = 2  # preallocated caches a model keeps between compiled calls (least recently used dropped)
 _MODEL_LOCKS = threading.Lock()  # guards the creation of each model's own lock
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its lock, gone with the model
 
 
 def decode_step(language_model, tokens: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
@@ -78,9 +80,10 @@ def _own_copy(function: Callable) -> Callable:
 
 
 def model_lock(language_model) -> threading.Lock:
-    """One lock per model: compiled calls share its caches, so they must not run at the same time."""
+    """One lock per model: compiled calls share its caches, so they must not run at the same time. (Kept beside
+    the model, not on it: a lock cannot be copied, and `copy.deepcopy(model)` must still work after decoding.)"""
     with _MODEL_LOCKS:
-        return language_model.__dict__.setdefault("_static_lock", threading.Lock())
+        return _LOCKS.setdefault(language_model, threading.Lock())
 
 
 def reusable_cache(language_model, batch: int, max_length: int, compiled: bool) -> KVCache:

@@ -112,6 +112,15 @@ def test_native_decoding_follows_generate_with_eos_padding_and_paligemma():
                                           compile="native"), expected)
 
 
+def test_a_model_still_deep_copies_after_static_and_native_decoding():
+    model = make_causal_lm("gemma3", seed=10, **SIZES)
+    prompt = torch.tensor([[2, 5, 6, 7]])
+    expected = model.generate(prompt, max_new_tokens=4, eos_token_id=None, compile="native")
+    model.generate(prompt, max_new_tokens=4, eos_token_id=None, static=True)
+    twin = copy.deepcopy(model)  # (the per-model lock is kept beside the model, not on it)
+    assert torch.equal(twin.generate(prompt, max_new_tokens=4, eos_token_id=None, compile="native"), expected)
+
+
 def test_native_decoding_refuses_what_it_cannot_run_with_the_reason():
     model = make_causal_lm("gemma", seed=7, **SIZES)
     two_rows = torch.randint(3, 97, (2, 5))
