@@ -1,12 +1,12 @@
 /* One decode step of a Gemma decoder in C: the whole token in one call, for a CPU.
  *
  * The compiled torch step (static_decoding.decode_step) spends about as long between its matrix products as in
- * them: torch.compile's guard checks, its Python wrapper calling some ninety kernels one by one, the attention
- * operator's set-up. Here the same computation runs inside one OpenMP parallel region: the threads share the
- * rows of every matrix (through the kernels the torch step calls, cpu_kernels.c) and meet at a barrier only where the next
- * piece needs the whole vector. The maths is the torch model's (modeling_gemma*.py): RMSNorm with (1 + w), RoPE
- * in the half-split layout, attention over the preallocated cache with its masks, the gated GELU(tanh) MLP;
- * the numbers agree with it up to float rounding (tested in tests/test_native_decoding.py).
+ * them: torch.compile's guard checks, its Python wrapper calling 73 kernels and 18 attentions one by one, the
+ * attention operator's set-up. Here the same computation runs inside one OpenMP parallel region: the threads
+ * share the rows of every matrix (through the kernels the torch step calls, cpu_kernels.c) and meet at a
+ * barrier only where the next piece needs the whole vector. The maths is the torch model's (modeling_gemma*.py):
+ * RMSNorm with (1 + w), RoPE in the half-split layout, attention over the preallocated cache with its masks, the
+ * gated GELU(tanh) MLP; the numbers agree with it up to float rounding (tested in tests/test_native_decoding.py).
  */
 #include <immintrin.h>
 #include <math.h>
