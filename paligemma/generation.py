@@ -56,7 +56,8 @@ def generate_tokens(model, input_ids: torch.Tensor, pixel_values: torch.Tensor |
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
 
     if isinstance(compile, str) and compile != NATIVE:
-        raise ValueError(f"compile must be True, False, a dict of torch.compile options or {NATIVE!r}, got {compile!r}")
+        raise ValueError(f"compile must be True, False, a dict of torch.compile options or {NATIVE!r}, "
+                         f"got {compile!r}")
     if static or compile:
         options = None
         if compile:

@@ -57,7 +57,8 @@ def gemma1_norms(layer) -> dict:
 
 
 def sandwich_norms(layer) -> dict:
-    """Gemma 2 and 3: a norm before and after each block (post_attention_layernorm normalises the attention's output)."""
+    """Gemma 2 and 3: a norm before and after each block (post_attention_layernorm normalises the attention's
+    output)."""
     return {"input_norm": layer.input_layernorm, "attention_output_norm": layer.post_attention_layernorm,
             "mlp_input_norm": layer.pre_feedforward_layernorm, "mlp_output_norm": layer.post_feedforward_layernorm}
 
@@ -109,6 +110,8 @@ def unsupported_reason(language_model) -> str | None:
     for layer in _matrices(language_model):
         if not isinstance(layer, LAYER_TYPES[mode]) or getattr(layer, "bias", None) is not None:
             return f"the native decode step needs {mode or 'float32'} layers without bias; found {layer}"
+        if mode is None and not (layer.weight.dtype == torch.float32 and layer.weight.is_contiguous()):
+            return f"the native decode step reads float32 weights row by row; found {layer.weight.dtype} {layer}"
     first = model.layers[0].self_attn
     for size, name in [(config.hidden_size, "hidden_size"), (first.num_heads * first.head_dim, "heads * head_dim"),
                        (config.intermediate_size, "intermediate_size")]:
@@ -173,7 +176,8 @@ class NativeDecodeStep:
         layers = (_Layer * len(model.layers))()
         for i, layer in enumerate(model.layers):
             keys, values = kv_cache.key_cache[i], kv_cache.value_cache[i]
-            if keys.shape[0] != 1 or keys.dtype != torch.float32 or not (keys.is_contiguous() and values.is_contiguous()):
+            if keys.shape[0] != 1 or keys.dtype != torch.float32 \
+                    or not (keys.is_contiguous() and values.is_contiguous()):
                 raise ValueError(f"the native decode step needs a float32 cache of one row; layer {i} holds "
                                  f"{tuple(keys.shape)} {keys.dtype}")
             attention, mlp = layer.self_attn, layer.mlp

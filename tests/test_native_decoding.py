@@ -133,6 +133,10 @@ def test_native_decoding_refuses_what_it_cannot_run_with_the_reason():
     with pytest.raises(ValueError, match="compile must be True, False, a dict"):
         model.generate(two_rows[:1], max_new_tokens=3, compile="nativ")
     assert unsupported_reason(model) is None
+    transposed = copy.deepcopy(model)  # the same weights, stored column by column: C reads rows
+    projection = transposed.model.layers[0].self_attn.q_proj
+    projection.weight = torch.nn.Parameter(projection.weight.detach().t().contiguous().t())
+    assert "reads float32 weights row by row" in unsupported_reason(transposed)
 
 
 def test_native_step_checks_what_it_hands_to_c():

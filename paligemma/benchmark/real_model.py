@@ -277,9 +277,10 @@ def quality_of(models: dict, tokenizer) -> dict:
         report[mode] = {"perplexity": perplexity, "perplexity_token_by_token": stepwise,
                         "greedy_tokens_equal_to_float32": agree}
         if mode in NATIVE_MODES and native_decoding.unsupported_reason(model) is None:  # the same mode through
-            report[mode]["greedy_tokens_equal_to_float32_native_step"] = [  # our C step: other roundings
-                _agreement(model.generate(prompt, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None,
-                                          compile="native")[0], expected) for prompt, expected in zip(prompts, reference)]
+            native = [model.generate(prompt, max_new_tokens=AGREEMENT_TOKENS, eos_token_id=None,  # our C step:
+                                     compile="native")[0] for prompt in prompts]  # other roundings
+            report[mode]["greedy_tokens_equal_to_float32_native_step"] = [
+                _agreement(got, expected) for got, expected in zip(native, reference)]
     return report
 
 
