@@ -20,9 +20,6 @@
  * 2048 best, or within 3 %, for every kernel) */
 #define AHEAD 2048
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + AHEAD, _MM_HINT_T0)
-/* inside a parallel region: where this thread's share of n rows begins and ends */
-#define SHARE_BEGIN(n) ((n) * omp_get_thread_num() / omp_get_num_threads())
-#define SHARE_END(n) ((n) * (omp_get_thread_num() + 1) / omp_get_num_threads())
 
 
 static inline float sum_lanes(__m256 v) {

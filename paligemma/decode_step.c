@@ -110,10 +110,9 @@ static void prepare(prepared *p, const float *x, int64_t k) { /* by one thread, 
 /* This thread's share of the rows of y = W x, for W in pieces one after another (x prepared); the caller puts a
  * barrier after it. */
 static void product(const prepared *p, const pg_matrix *pieces, int64_t n_pieces, float *y) {
-    int64_t share = omp_get_thread_num(), shares = omp_get_num_threads();
     for (int64_t i = 0; i < n_pieces; y += pieces[i].rows, i++) {
         const pg_matrix *w = &pieces[i];
-        int64_t begin = w->rows * share / shares, end = w->rows * (share + 1) / shares;
+        int64_t begin = SHARE_BEGIN(w->rows), end = SHARE_END(w->rows);
         if (p->format == PG_FLOAT32) pg_f32_rows(p->x, w->weights, y, begin, end, p->k);
         if (p->format == PG_INT8) pg_int8_rows(p->x, w->weights, w->scales, y, begin, end, p->k);
         if (p->format == PG_INT8_DYNAMIC) pg_w8a8_rows(p->qx, p->sx, w->weights, w->scales, y, begin, end, p->k);
@@ -157,9 +156,14 @@ void pg_decode_step(const pg_model *m, const int64_t *token, const int64_t *posi
     int64_t widest = D > H * d ? D : H * d, slots = 1;
     widest = widest > F ? widest : F;
     for (int64_t i = 0; i < m->layers; i++) slots = m->layer[i].slots > slots ? m->layer[i].slots : slots;
-    float x[D], normed[D], out[D], qkv[(H + 2 * KV) * d], attended[H * d], gate_up[2 * F], scores[H * slots];
-    int8_t qx[widest], arranged[2 * widest];
-    float sx[widest / 32], block_sums[widest / 32];
+    float x[D];                      /* the residual stream */
+    float normed[D], out[D];         /* a block's normalised input; its output (attention's o, the MLP's down) */
+    float qkv[(H + 2 * KV) * d];     /* H query heads, then KV key heads, then KV value heads, d values each */
+    float attended[H * d];           /* each query head's weighted sum of values */
+    float gate_up[2 * F];            /* gate, then up; GELU(gate) * up is written over the gate half */
+    float scores[H * slots];         /* per query head, one score per cache slot */
+    int8_t qx[widest], arranged[2 * widest];        /* an input rounded to int8, as the kernels read it */
+    float sx[widest / 32], block_sums[widest / 32]; /* its per-block scales and scaled sums */
     prepared p = {NULL, qx, arranged, sx, block_sums, 0, m->format};
     int64_t c = *cache_position;
 

@@ -32,10 +32,11 @@ def model_in(generation: str, mode: str, seed: int = 0):
 
 
 def steps_side_by_side(model, prompt: torch.Tensor, steps: int = 12, slots: int = 64):
-    """The torch step and the C step from the same prefill, fed the same tokens (forced and greedy, alternating);
-    the logits of both, (steps, vocab) each."""
-    outputs = []
-    for native in (False, True):
+    """The torch step and the C step from the same prefill, fed the same tokens (forced and greedy, alternating,
+    chosen by the torch step's logits); the logits of both, (steps, vocab) each."""
+    tokens = []  # filled by the torch run, replayed by the C run
+
+    def run(native: bool) -> torch.Tensor:
         cache = model.new_kv_cache(max_length=slots)
         with torch.no_grad():
             logits = model(input_ids=prompt, kv_cache=cache, logits_to_keep=1)["logits"][:, -1]
@@ -44,13 +45,16 @@ def steps_side_by_side(model, prompt: torch.Tensor, steps: int = 12, slots: int 
             position, slot = torch.tensor([[prompt.shape[1]]]), torch.tensor([prompt.shape[1]])
             found = []
             for t in range(steps):
-                token = outputs[0][1][t] if native else (logits.argmax(-1, keepdim=True) if t % 2 else
-                                                         torch.tensor([[3 + t]]))
-                logits = step(model, token, position, slot, key_mask, cache)
-                cache.advance(1), position.add_(1), slot.add_(1)
-                found.append((logits.clone(), token))
-        outputs.append(([f[0] for f in found], [f[1] for f in found]))
-    return torch.cat(outputs[0][0]), torch.cat(outputs[1][0])
+                if not native:
+                    tokens.append(logits.argmax(-1, keepdim=True) if t % 2 else torch.tensor([[3 + t]]))
+                logits = step(model, tokens[t], position, slot, key_mask, cache)
+                found.append(logits.clone())
+                cache.advance(1)
+                position += 1
+                slot += 1
+        return torch.cat(found)
+
+    return run(native=False), run(native=True)
 
 
 @pytest.mark.parametrize("mode", ["float32", "int8"])
