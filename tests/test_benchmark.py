@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import make_causal_lm, tiny_tokenizer
 from paligemma import cpu_kernels
 from paligemma.benchmark import benchmark_config, decode_rate, device_description, format_table, main, make_inputs
 
@@ -134,3 +135,33 @@ def test_real_model_benchmark_refuses_a_missing_file_in_one_line(tmp_path, capsy
         main(["--model", str(tmp_path / "nope.gguf"), "--no-transformers"])
     err = capsys.readouterr().err
     assert "--model" in err and "Traceback" not in err
+
+
+def test_real_model_benchmark_runs_on_a_checkpoint_folder(tmp_path, capsys):
+    """A Hugging Face folder (config.json, safetensors, tokenizer.json): ours and transformers on it; llama.cpp
+    reads GGUF files only, so it is skipped with a line saying why."""
+    folder = tmp_path / "checkpoint"
+    make_causal_lm("gemma3", seed=3, vocab_size=97).save_pretrained(folder)
+    tiny_tokenizer().save(str(folder / "tokenizer.json"))
+    out = tmp_path / "folder.json"
+    assert main(["--model", str(folder), "--new-tokens", "2", "--repeats", "1", "--no-compile", "--no-quality",
+                 "--modes", "float32", "int8", "--threads", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert {"ours float32", "ours int8", "transformers float32", "transformers bfloat16"} <= set(results)
+    assert results["ours float32"]["bytes_per_token"] == results["transformers float32"]["bytes_per_token"]
+    err = capsys.readouterr().err
+    assert "llama.cpp: reads GGUF files only" in err and "GGUF loader" not in err
+
+
+@pytest.mark.parametrize("layout, words", [("missing", "does not exist"), ("empty", "no config.json found"),
+                                           ("no tokenizer", "has no tokenizer.json")])
+def test_real_model_benchmark_refuses_a_broken_folder_in_one_line(tmp_path, capsys, layout, words):
+    folder = tmp_path / "checkpoint"
+    if layout != "missing":
+        folder.mkdir()
+    if layout == "no tokenizer":
+        make_causal_lm("gemma3", vocab_size=97).save_pretrained(folder)
+    with pytest.raises(SystemExit):
+        main(["--model", str(folder), "--no-transformers"])
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

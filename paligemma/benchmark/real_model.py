@@ -160,8 +160,9 @@ def transformers_candidates_for(path: Path, prompt_ids: torch.Tensor, dtypes: li
 
     candidates, facts = {}, {}
     for name in dtypes:
-        say(f"  transformers: {name} (its GGUF loader takes a minute or two) ...")
-        folder, extra = (path.parent, {"gguf_file": path.name}) if is_gguf(path) else (path, {})
+        gguf = is_gguf(path)
+        say(f"  transformers: {name}" + (" (its GGUF loader takes a minute or two)" if gguf else "") + " ...")
+        folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
         before = resident_gb()
         with quiet_transformers():
             model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=OURS_DTYPES[name],
@@ -224,6 +225,8 @@ def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: 
     if with_llama_cpp and is_gguf(path):
         more, more_facts = llama_cpp_candidate(path, prompt_ids, threads)
         candidates.update(more), facts.update(more_facts)
+    elif with_llama_cpp:
+        say("  llama.cpp: reads GGUF files only, and this is a checkpoint folder: skipped")
     say("  measuring memory bandwidth ...")
     bandwidths = [memory_bandwidth_gb_per_s()]
     say(f"  timing {len(candidates)} candidates (compiled ones compile during the warm-up) ...")
@@ -253,10 +256,16 @@ def cpu_description() -> str:
 
 
 def tokenizer_for(path: Path):
+    """The tokenizer a GGUF file carries, or a checkpoint folder's tokenizer.json."""
     if is_gguf(path):
         from ..gguf_tokenizer import gguf_tokenizer
         return gguf_tokenizer(path)
     from tokenizers import Tokenizer
+    if not (path / "config.json").is_file():  # the problem with the folder itself comes first
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist" if not path.exists()
+                                else f"no config.json found at {path}")
+    if not (path / "tokenizer.json").is_file():  # tokenizers' own error is a bare Exception without the path
+        raise FileNotFoundError(f"{path} has no tokenizer.json; copy the checkpoint's tokenizer.json there")
     return Tokenizer.from_file(str(path / "tokenizer.json"))
 
 
