@@ -29,10 +29,19 @@ def is_text_model(model: Path | None) -> bool:
     return isinstance(d, dict) and d.get("model_type") in TEXT_MODEL_TYPES
 
 
+def text_tokenizer(path: Path):
+    """The tokenizer a GGUF file carries, or a checkpoint folder's tokenizer.json."""
+    if is_gguf(path):
+        from .gguf_tokenizer import gguf_tokenizer
+        return gguf_tokenizer(path)
+    if not (path / "tokenizer.json").is_file():  # tokenizers' own error is a bare Exception without the path
+        raise FileNotFoundError(f"{path} has no tokenizer.json")
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
 def load_text_model(args: argparse.Namespace, dtype: torch.dtype | None):
     """(model, tokenizer) of --model; every loading problem ends as one `error:` line."""
-    from tokenizers import Tokenizer
-
     from . import GemmaForCausalLM
 
     source = args.model
@@ -41,13 +50,7 @@ def load_text_model(args: argparse.Namespace, dtype: torch.dtype | None):
         if is_gguf(path) and not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
         model = GemmaForCausalLM.from_pretrained(path, dtype=dtype, device=torch.device(args.device))
-        if is_gguf(path):
-            from .gguf_tokenizer import gguf_tokenizer
-            tokenizer = gguf_tokenizer(path)
-        elif (path / "tokenizer.json").is_file():
-            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        else:
-            raise FileNotFoundError(f"{path} has no tokenizer.json")
+        tokenizer = text_tokenizer(path)
     except torch.OutOfMemoryError:
         raise SystemExit(f"error: not enough memory on {args.device} to load {source}") from None
     except (OSError, ValueError, TypeError) as err:  # CheckpointError, GGUFError and config errors are ValueErrors

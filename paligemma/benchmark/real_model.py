@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from .. import cpu_kernels, native_decoding
+from ..cli_text import text_tokenizer
+from ..configuration import GemmaConfig
 from ..gguf_loading import is_gguf, resolve_model_file
 from ..modeling_gemma import GemmaForCausalLM
 from ..quantization import MODES, quantize
@@ -159,10 +161,10 @@ def transformers_candidates_for(path: Path, prompt_ids: torch.Tensor, dtypes: li
     import transformers
 
     candidates, facts = {}, {}
+    gguf = is_gguf(path)
+    folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
     for name in dtypes:
-        gguf = is_gguf(path)
         say(f"  transformers: {name}" + (" (its GGUF loader takes a minute or two)" if gguf else "") + " ...")
-        folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
         before = resident_gb()
         with quiet_transformers():
             model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=OURS_DTYPES[name],
@@ -215,7 +217,9 @@ def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: 
     path = resolve_model_file(model)
     modes = modes or ["float32", "bfloat16", *MODES]
     say(f"benchmark of {path.name}: loading every candidate, then {repeats} timed rounds of {new_tokens} tokens")
-    tokenizer = tokenizer_for(path)
+    if not is_gguf(path):  # a missing folder or config.json is said before a missing tokenizer.json
+        GemmaConfig.from_pretrained(path)
+    tokenizer = text_tokenizer(path)
     prompt_ids = torch.tensor([tokenizer.encode(PROMPT).ids])  # with <bos>: (1, T)
     candidates, facts, models = ours_candidates(path, prompt_ids, modes, with_compile)
     quality = quality_of(models, tokenizer) if with_quality else {}
@@ -253,20 +257,6 @@ def run_real_model(model: str, new_tokens: int = 64, repeats: int = 3, threads: 
 def cpu_description() -> str:
     """The CPU's vector extensions as torch sees them, and which build of our kernels ran (timings depend on both)."""
     return f"torch {torch.backends.cpu.get_cpu_capability()}, our kernels {cpu_kernels.kernel_build() or 'none'}"
-
-
-def tokenizer_for(path: Path):
-    """The tokenizer a GGUF file carries, or a checkpoint folder's tokenizer.json."""
-    if is_gguf(path):
-        from ..gguf_tokenizer import gguf_tokenizer
-        return gguf_tokenizer(path)
-    from tokenizers import Tokenizer
-    if not (path / "config.json").is_file():  # the problem with the folder itself comes first
-        raise FileNotFoundError(f"checkpoint folder {path} does not exist" if not path.exists()
-                                else f"no config.json found at {path}")
-    if not (path / "tokenizer.json").is_file():  # tokenizers' own error is a bare Exception without the path
-        raise FileNotFoundError(f"{path} has no tokenizer.json; copy the checkpoint's tokenizer.json there")
-    return Tokenizer.from_file(str(path / "tokenizer.json"))
 
 
 def quality_of(models: dict, tokenizer) -> dict:
